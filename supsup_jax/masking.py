@@ -38,6 +38,10 @@ __all__ = [
     "reinit_frozen",
 ]
 
+# Arbitrary constants that separate the key streams of scores and frozen weights.
+_SCORES_DOMAIN = 0x5C0E5
+_WEIGHTS_DOMAIN = 0xF207E
+
 PathFilter = Callable[[str, jax.Array], bool]
 MaskFn = Callable[[Mapping[str, jax.Array]], dict[str, jax.Array]]
 
@@ -106,6 +110,10 @@ def init_scores(
     The default is Kaiming uniform, ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` (SPEC 1.1).
     """
     leaves = masked_leaves(params, is_masked)
+    # Domain separation: Flax derives the weights of a model built with seed s from key(s) by
+    # fold_in too, so scores drawn as fold_in(key(s), i) would copy the weights' signs (every
+    # kept weight of a layer positive, or negative: a dead network).
+    key = jax.random.fold_in(key, _SCORES_DOMAIN)
     return {
         p: init(jax.random.fold_in(key, i), w.shape, w.dtype)
         for i, (p, w) in enumerate(sorted(leaves.items()))
@@ -126,6 +134,7 @@ def reinit_frozen(
     if isinstance(init, str):
         init = init_lib.weight_init(init)
     order = {p: i for i, p in enumerate(sorted(masked_leaves(params, is_masked)))}
+    key = jax.random.fold_in(key, _WEIGHTS_DOMAIN)
 
     def one(path, leaf):
         i = order.get(path_str(path))

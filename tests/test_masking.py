@@ -96,3 +96,14 @@ def test_mask_fn_errors():
         masking.make_mask_fn("topk")
     with pytest.raises(KeyError, match="no top-k density"):
         masking.make_mask_fn("topk", {"a": 0.5})({"b": jnp.ones((2, 2))})
+
+
+def test_scores_from_the_model_seed_are_independent_of_the_weights():
+    # Regression: scores drawn with fold_in(key(s), i) copied the signs of a model built with
+    # seed s (Flax folds in too), so every kept weight had one sign and the network was dead.
+    for seed in range(3):
+        net = models.lenet300_100(num_outputs=100, seed=seed)
+        scores = masking.init_scores(jax.random.key(seed), net.params)
+        for p, w in masking.masked_leaves(net.params).items():
+            agree = float(jnp.mean((scores[p] >= 0) == (w > 0)))
+            assert abs(agree - 0.5) < 0.05, (seed, p, agree)

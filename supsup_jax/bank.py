@@ -1,0 +1,283 @@
+"""The mask bank: finished supermasks stacked on a task axis, bit-packed (SPEC 1.5, 3.3).
+
+Each masked layer's mask is flattened and packed 8 weights per byte (``bitorder="little"``), so
+``k`` tasks of ``P`` masked weights take ``k * ceil(P/8)`` bytes plus the per-task BatchNorm
+statistics, against the official code's ``4 k P`` bytes of float32 buffers.
+
+The bank has a ``capacity`` (the length of the task axis) that grows geometrically, and a
+learned-task count ``num_tasks`` that is *data* (an int32 array), so adding a task changes no
+shape: jitted inference compiles once per capacity, i.e. ``O(log k)`` times over a run.
+
+The two contractions that task inference needs never materialise a ``k x P`` float array:
+
+* :func:`superpose`: ``sum_i alpha_i M_i`` per layer, a ``[P]`` float mask (Eq. 2's ``W * sum``);
+* :func:`contract`: ``g_i = <M_i, v>`` for a per-weight vector ``v``, which is the gradient of
+  :func:`superpose` w.r.t. ``alpha`` (``v = dL/dW_eff * W`` gives ``dL/dalpha_i``, SPEC 6).
+
+Both are computed bit-plane by bit-plane over tiles of tasks (:data:`TILE_BYTES` per tile).
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import functools
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from supsup_jax.masking import path_str
+
+__all__ = [
+    "MaskBank",
+    "contract",
+    "load_bank",
+    "masks_to_scores",
+    "pack_masks",
+    "save_bank",
+    "superpose",
+    "unpack_task",
+]
+
+# Upper bound on the float32 temporaries of one tile of tasks in a contraction (per bit plane).
+TILE_BYTES = 64 * 2**20
+
+
+@functools.partial(jax.tree_util.register_dataclass,
+                   data_fields=["bits", "batch_stats", "num_tasks"],
+                   meta_fields=["shapes"])
+@dataclasses.dataclass(frozen=True)
+class MaskBank:
+    """Bit-packed masks of the learned tasks (a pytree; ``shapes`` is static).
+
+    Attributes:
+      bits: ``{path: uint8[capacity, ceil(P_l / 8)]}``, layer ``l``'s flattened mask, packed.
+      batch_stats: per-task BN running statistics, leaves ``[capacity, ...]`` (``{}`` if none).
+      num_tasks: int32 scalar, how many slots hold learned tasks (slots ``0..num_tasks-1``).
+      shapes: ``((path, shape), ...)`` of the masked weights, sorted by path.
+    """
+
+    bits: dict[str, jax.Array]
+    batch_stats: Any
+    num_tasks: jax.Array
+    shapes: tuple[tuple[str, tuple[int, ...]], ...]
+
+    @classmethod
+    def create(cls, weights: Mapping[str, Any], batch_stats: Any = None,
+               capacity: int = 8) -> MaskBank:
+        """An empty bank for masks of the given ``{path: weight}`` (only shapes are used).
+
+        Args:
+          weights: the masked weights, e.g. ``Trainer.weights``.
+          batch_stats: one task's BN statistics as a template (``None`` or ``{}``: no BN).
+          capacity: the initial length of the task axis.
+        """
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        shapes = tuple(sorted((p, tuple(int(d) for d in w.shape)) for p, w in weights.items()))
+        bits = {p: jnp.zeros((capacity, _nbytes(s)), jnp.uint8) for p, s in shapes}
+        stats = jax.tree.map(lambda x: jnp.zeros((capacity, *x.shape), x.dtype),
+                             batch_stats or {})
+        return cls(bits, stats, jnp.zeros((), jnp.int32), shapes)
+
+    @property
+    def capacity(self) -> int:
+        return next(iter(self.bits.values())).shape[0]
+
+    @property
+    def num_weights(self) -> int:
+        """P, the number of masked weights per task."""
+        return sum(math.prod(s) for _, s in self.shapes)
+
+    def nbytes(self) -> int:
+        """Bytes the bank holds (bits of every slot, spare capacity included, and BN stats)."""
+        return sum(int(x.nbytes) for x in jax.tree.leaves((self.bits, self.batch_stats)))
+
+    def add(self, masks: Mapping[str, Any], batch_stats: Any = None) -> MaskBank:
+        """A new bank with one more task (its binary masks and BN statistics) in the next slot.
+
+        Doubles the capacity when the bank is full (the only time shapes change).
+        """
+        _check_masks(self, masks)
+        n = int(self.num_tasks)
+        bank = self if n < self.capacity else self.grow(2 * self.capacity)
+        packed = pack_masks(masks)
+        stats = batch_stats if batch_stats is not None else {}
+        if jax.tree.structure(stats) != jax.tree.structure(
+                jax.tree.map(lambda x: x[0], bank.batch_stats)):
+            raise ValueError("batch_stats do not match the bank's BatchNorm statistics")
+        return _write(bank, packed, stats)
+
+    def grow(self, capacity: int) -> MaskBank:
+        """The same bank with a longer task axis (new slots empty)."""
+        if capacity < self.capacity:
+            raise ValueError(f"cannot shrink a bank from {self.capacity} to {capacity}")
+        pad = lambda x: jnp.pad(x, [(0, capacity - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
+        return dataclasses.replace(self, bits=jax.tree.map(pad, self.bits),
+                                   batch_stats=jax.tree.map(pad, self.batch_stats))
+
+    def learned(self) -> jax.Array:
+        """bool ``[capacity]``: which slots hold learned tasks."""
+        return jnp.arange(self.capacity) < self.num_tasks
+
+    def task_masks(self, task) -> dict[str, jax.Array]:
+        """Task ``task``'s masks as float32 ``{path: shape}`` (``task`` may be traced)."""
+        return unpack_task(self, task)
+
+    def task_batch_stats(self, task) -> Any:
+        return jax.tree.map(lambda x: x[task], self.batch_stats)
+
+
+def _nbytes(shape) -> int:
+    return -(-math.prod(shape) // 8)
+
+
+def pack_masks(masks: Mapping[str, Any]) -> dict[str, jax.Array]:
+    """``{path: bool/0-1 array}`` -> ``{path: uint8[ceil(P/8)]}`` (flattened, little bit order)."""
+    return {p: jnp.packbits(jnp.asarray(m).reshape(-1).astype(bool), bitorder="little")
+            for p, m in masks.items()}
+
+
+@jax.jit
+def _write(bank: MaskBank, packed, stats) -> MaskBank:
+    i = bank.num_tasks
+    bits = {p: bank.bits[p].at[i].set(packed[p]) for p in bank.bits}
+    new_stats = jax.tree.map(lambda s, x: s.at[i].set(x), bank.batch_stats, stats)
+    return dataclasses.replace(bank, bits=bits, batch_stats=new_stats, num_tasks=i + 1)
+
+
+def _check_masks(bank: MaskBank, masks: Mapping[str, Any]) -> None:
+    expected = dict(bank.shapes)
+    if set(masks) != set(expected):
+        raise ValueError(f"masks cover {sorted(masks)}; the bank holds {sorted(expected)}")
+    for p, s in expected.items():
+        if tuple(masks[p].shape) != s:
+            raise ValueError(f"mask {p!r} has shape {tuple(masks[p].shape)}; the bank expects {s}")
+
+
+def _unpack_row(row: jax.Array, shape) -> jax.Array:
+    bits = jnp.unpackbits(row, bitorder="little", count=math.prod(shape))
+    return bits.reshape(shape)
+
+
+def unpack_task(bank: MaskBank, task) -> dict[str, jax.Array]:
+    """One task's masks as float32 arrays of the weight shapes; ``task`` may be traced."""
+    return {p: _unpack_row(bank.bits[p][task], s).astype(jnp.float32) for p, s in bank.shapes}
+
+
+def _tile(capacity: int, nbytes: int) -> int:
+    return max(1, min(capacity, TILE_BYTES // max(4 * nbytes, 1)))
+
+
+def _planes(bits: jax.Array) -> jax.Array:
+    """uint8 ``[t, nb]`` -> float32 ``[t, nb, 8]`` of bits (bit b of byte j is weight 8j+b)."""
+    shifts = jnp.arange(8, dtype=jnp.uint8)[None, None, :]
+    return ((bits[:, :, None] >> shifts) & jnp.uint8(1)).astype(jnp.float32)
+
+
+def _superpose_layer(alpha: jax.Array, bits: jax.Array, shape) -> jax.Array:
+    cap, nb = bits.shape
+    tile = _tile(cap, nb * 8)
+    pad = -cap % tile
+    bits_t = jnp.pad(bits, ((0, pad), (0, 0))).reshape(-1, tile, nb)
+    alpha_t = jnp.pad(alpha, (0, pad)).reshape(-1, tile)
+
+    def body(acc, xs):
+        a, b = xs
+        return acc + jnp.einsum("t,tjb->jb", a, _planes(b)), None
+
+    out, _ = jax.lax.scan(body, jnp.zeros((nb, 8), jnp.float32), (alpha_t, bits_t))
+    return out.reshape(-1)[: math.prod(shape)].reshape(shape)
+
+
+def _contract_layer(bits: jax.Array, v: jax.Array) -> jax.Array:
+    cap, nb = bits.shape
+    v8 = jnp.pad(v.reshape(-1).astype(jnp.float32), (0, nb * 8 - v.size)).reshape(nb, 8)
+    tile = _tile(cap, nb * 8)
+    pad = -cap % tile
+    bits_t = jnp.pad(bits, ((0, pad), (0, 0))).reshape(-1, tile, nb)
+    g = jax.lax.map(lambda b: jnp.einsum("tjb,jb->t", _planes(b), v8), bits_t)
+    return g.reshape(-1)[:cap]
+
+
+def contract(bank: MaskBank, v: Mapping[str, jax.Array]) -> jax.Array:
+    """``g_i = sum_layers <M_i, v>`` for every slot ``i``: float32 ``[capacity]``.
+
+    With ``v = dL/dW_eff * W`` this is ``dL/dalpha_i`` (SPEC 6: one matrix-vector product with
+    the stacked masks). Empty slots give 0.
+    """
+    return sum(_contract_layer(bank.bits[p], v[p]) for p, _ in bank.shapes)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _superpose(alpha, bits, shapes):
+    return {p: _superpose_layer(alpha, bits[p], s) for p, s in shapes}
+
+
+def _superpose_fwd(alpha, bits, shapes):
+    return _superpose(alpha, bits, shapes), bits
+
+
+def _superpose_bwd(shapes, bits, ct):
+    g = sum(_contract_layer(bits[p], ct[p]) for p, _ in shapes)
+    zeros_bits = jax.tree.map(lambda b: np.zeros(b.shape, jax.dtypes.float0), bits)
+    return g, zeros_bits
+
+
+_superpose.defvjp(_superpose_fwd, _superpose_bwd)
+
+
+def superpose(alpha: jax.Array, bank: MaskBank) -> dict[str, jax.Array]:
+    """``{path: sum_i alpha_i M_i}`` (float32, weight shapes), differentiable in ``alpha``.
+
+    Args:
+      alpha: float32 ``[capacity]``; entries of empty slots should be 0.
+
+    The gradient w.r.t. ``alpha`` is computed by :func:`contract` (``custom_vjp``), so neither
+    pass builds a ``capacity x P`` float array.
+    """
+    return _superpose(alpha, bank.bits, bank.shapes)
+
+
+def masks_to_scores(masks: Mapping[str, Any], magnitude: float = 1.0) -> dict[str, jax.Array]:
+    """Scores whose threshold mask is ``masks``: ``+magnitude`` where kept, ``-magnitude`` not.
+
+    The way back from the bank to the training-time score pytrees (e.g. to fine-tune a stored
+    mask); the real-valued scores themselves are not kept after training.
+    """
+    return {p: jnp.where(jnp.asarray(m).astype(bool), magnitude, -magnitude).astype(jnp.float32)
+            for p, m in masks.items()}
+
+
+def save_bank(bank: MaskBank, path: str | os.PathLike) -> None:
+    """Write the bank to an ``.npz`` file (bit-identical round trip with :func:`load_bank`)."""
+    arrays = {f"bits/{p}": np.asarray(b) for p, b in bank.bits.items()}
+    leaves, _ = jax.tree_util.tree_flatten_with_path(bank.batch_stats)
+    arrays.update({f"stats/{path_str(k)}": np.asarray(x) for k, x in leaves})
+    arrays["num_tasks"] = np.asarray(bank.num_tasks)
+    arrays["shapes"] = np.asarray(repr(bank.shapes))
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def load_bank(path: str | os.PathLike, batch_stats_template: Any = None) -> MaskBank:
+    """Read a bank written by :func:`save_bank`.
+
+    Args:
+      batch_stats_template: one task's BN statistics (for their tree structure); ``None`` if the
+        network has no BN.
+    """
+    with np.load(path) as z:
+        shapes = ast.literal_eval(str(z["shapes"]))
+        bits = {p: jnp.asarray(z[f"bits/{p}"]) for p, _ in shapes}
+        num = jnp.asarray(z["num_tasks"])
+        template = batch_stats_template or {}
+        leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
+        stats = jax.tree_util.tree_unflatten(
+            treedef, [jnp.asarray(z[f"stats/{path_str(k)}"]) for k, _ in leaves])
+    return MaskBank(bits, stats, num, tuple(shapes))

@@ -1,0 +1,226 @@
+"""Task inference from the gradient of an objective w.r.t. the superposition weights alpha.
+
+With every learned mask superposed, ``f(x; W * sum_i alpha_i M_i)`` (paper Eq. 2), the task of
+``x`` is found from ``dObjective/dalpha`` (SPEC 1.6):
+
+* :func:`one_shot`: one gradient at uniform ``alpha = 1/k``, task ``argmin_i g_i`` over the
+  *learned* tasks only (Eq. 4; the official code also ranks unlearned slots, SPEC 1.11 item 1);
+* :func:`binary`: halving, keeping the ``ceil(n/2)`` survivors with the smallest gradient (ties
+  by index) until exactly one task remains: ``ceil(log2 k)`` gradients, always one learned task
+  (the official loop can end with a stale or undefined answer, SPEC 1.11 item 2);
+* :func:`gradient_descent`: Eq. 3, ``alpha <- alpha - eta * grad``, until ``max softmax(alpha)``
+  over the learned tasks exceeds a threshold or a step budget is spent;
+* :func:`exhaustive`: the objective under every mask on its own (``jax.lax.map`` with
+  ``batch_size`` vmapping chunks of tasks), lowest wins: the baseline.
+
+Objectives: :func:`entropy` (H, over all outputs, s-neurons included) and :func:`g_objective`
+(G: ``logsumexp`` with the gradient stopped on the real neurons, SPEC 1.6 / paper Lemma 1).
+Each takes per-example weights, so "the first m images decide" (m=1 or the full batch, paper
+section 4.2) and padding are the same mechanism.
+
+Networks with BatchNorm are run on batch statistics during inference (the official adaptors
+call ``model.train()``), since no task's running statistics apply to a superposition.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from supsup_jax import bank as bank_lib
+from supsup_jax import masking
+from supsup_jax.models.network import Network
+
+__all__ = [
+    "METHODS",
+    "OBJECTIVES",
+    "alpha_gradient",
+    "check_inputs",
+    "binary",
+    "entropy",
+    "exhaustive",
+    "first_m_weights",
+    "g_objective",
+    "gradient_descent",
+    "make_objective",
+    "one_shot",
+    "uniform_alpha",
+]
+
+Objective = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def _weighted_mean(values, weights):
+    return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1e-12)
+
+
+def entropy(logits: jax.Array, weights: jax.Array) -> jax.Array:
+    """H: weighted mean over examples of ``-sum_c p_c log p_c``, softmax over ALL outputs.
+
+    Args:
+      logits: float ``[B, C]``; weights: float ``[B]`` (1 for the examples that decide).
+    """
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    h = -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+    return _weighted_mean(h, weights)
+
+
+def g_objective(logits: jax.Array, weights: jax.Array, num_real: int) -> jax.Array:
+    """G: weighted mean of ``logsumexp(z')``, ``z' = stop_grad(z * m) + z * (1 - m)``.
+
+    ``m`` marks the ``num_real`` real neurons (the first outputs): the value includes every logit,
+    but the gradient flows only through the superfluous neurons (SPEC 1.6).
+    """
+    real = (jnp.arange(logits.shape[-1]) < num_real)[None, :]
+    z = jnp.where(real, jax.lax.stop_gradient(logits), logits)
+    return _weighted_mean(jax.nn.logsumexp(z, axis=-1), weights)
+
+
+OBJECTIVES = ("h", "g")
+
+
+def make_objective(name: str, num_real: int | None = None) -> Objective:
+    """``"h"`` (entropy) or ``"g"`` (needs ``num_real``, the number of real classes)."""
+    if name == "h":
+        return entropy
+    if name == "g":
+        if not num_real or num_real < 1:
+            raise ValueError("the G objective needs num_real, the number of real output neurons")
+        return functools.partial(g_objective, num_real=num_real)
+    raise ValueError(f"unknown objective {name!r}; choose one of {OBJECTIVES}")
+
+
+def first_m_weights(batch: int, m: int, valid: jax.Array | None = None) -> jax.Array:
+    """float ``[batch]``: 1 for the first ``m`` (valid) examples, which decide the task."""
+    w = (jnp.arange(batch) < m).astype(jnp.float32)
+    return w if valid is None else w * valid.astype(jnp.float32)
+
+
+def uniform_alpha(bank: bank_lib.MaskBank, alive: jax.Array | None = None) -> jax.Array:
+    """``1/n`` on the ``n`` learned (or ``alive``) slots, 0 elsewhere: float32 ``[capacity]``."""
+    alive = bank.learned() if alive is None else alive
+    a = alive.astype(jnp.float32)
+    return a / jnp.maximum(jnp.sum(a), 1.0)
+
+
+def superposed_logits(network: Network, params: Any, bank: bank_lib.MaskBank, alpha, x):
+    """``f(x; W * sum_i alpha_i M_i)`` (paper Eq. 2); ``x`` float ``[B, *input_shape]``."""
+    masks = bank_lib.superpose(alpha, bank)
+    train = bool(jax.tree.leaves(network.batch_stats))
+    logits, _ = network.apply(masking.mask_params(params, masks), network.batch_stats, x, train)
+    return logits
+
+
+def alpha_gradient(network, params, bank, alpha, x, weights, objective: Objective):
+    """``(objective, d objective / d alpha)`` at ``alpha``; the gradient is float32 ``[capacity]``.
+
+    Per layer ``g_i = <M_i, dL/dW_eff * W>`` (SPEC 6), computed from the packed bits.
+    """
+    f = lambda a: objective(superposed_logits(network, params, bank, a, x), weights)
+    return jax.value_and_grad(f)(alpha)
+
+
+def one_shot(network, params, bank, x, weights, objective) -> jax.Array:
+    """One-Shot (Eq. 4): ``argmin_i dH/dalpha_i`` at uniform alpha, over learned tasks only."""
+    _, g = alpha_gradient(network, params, bank, uniform_alpha(bank), x, weights, objective)
+    return jnp.argmin(jnp.where(bank.learned(), g, jnp.inf)).astype(jnp.int32)
+
+
+def binary(network, params, bank, x, weights, objective) -> jax.Array:
+    """Binary (SPEC 1.6): halve the candidates by their gradient until exactly one remains.
+
+    Each round keeps the ``ceil(n/2)`` alive tasks with the smallest gradient (the official code
+    keeps those ``<=`` the lower median, which is the same count without ties); ties are broken by
+    index, so the loop always ends after ``ceil(log2 n)`` rounds on one learned task.
+    """
+
+    def cond(alive):
+        return jnp.sum(alive) > 1
+
+    def body(alive):
+        _, g = alpha_gradient(network, params, bank, uniform_alpha(bank, alive), x, weights,
+                              objective)
+        n = jnp.sum(alive)
+        key = jnp.where(alive, g, jnp.inf)
+        order = jnp.argsort(key, stable=True)
+        rank = jnp.zeros_like(order).at[order].set(jnp.arange(order.size, dtype=order.dtype))
+        return alive & (rank < (n + 1) // 2)
+
+    alive = jax.lax.while_loop(cond, body, bank.learned())
+    return jnp.argmax(alive).astype(jnp.int32)
+
+
+def gradient_descent(network, params, bank, x, weights, objective, *, lr: float = 200.0,
+                     threshold: float = 0.99, max_steps: int = 50):
+    """Eq. 3: ``alpha <- alpha - lr * grad_alpha`` from uniform alpha over the learned tasks.
+
+    Stops when ``max softmax(alpha)`` over the learned tasks exceeds ``threshold`` or after
+    ``max_steps`` gradients (the official ``gradient_minimization`` rule, with lr 200).
+
+    Returns:
+      ``(task, steps)``: ``argmax alpha`` over learned tasks and the number of gradients taken.
+    """
+    learned = bank.learned()
+
+    def confidence(alpha):
+        return jnp.max(jax.nn.softmax(jnp.where(learned, alpha, -jnp.inf)))
+
+    def cond(carry):
+        alpha, step = carry
+        return (step < max_steps) & (confidence(alpha) <= threshold)
+
+    def body(carry):
+        alpha, step = carry
+        _, g = alpha_gradient(network, params, bank, alpha, x, weights, objective)
+        return jnp.where(learned, alpha - lr * g, 0.0), step + 1
+
+    alpha, steps = jax.lax.while_loop(cond, body, (uniform_alpha(bank), jnp.int32(0)))
+    return jnp.argmax(jnp.where(learned, alpha, -jnp.inf)).astype(jnp.int32), steps
+
+
+def exhaustive(network, params, bank, x, weights, objective, *, tasks_per_batch: int = 8):
+    """Try every mask on its own and pick the learned task with the lowest entropy H.
+
+    ``jax.lax.map(..., batch_size=tasks_per_batch)`` vmaps over chunks of tasks, so memory holds
+    ``tasks_per_batch`` unpacked masks at a time. BN networks use each task's running statistics.
+    ``objective`` is ignored: the score is always H, because G's *value* (a logsumexp over every
+    logit) does not rank tasks; only its gradient carries the signal.
+    """
+    del objective
+    has_bn = bool(jax.tree.leaves(network.batch_stats))
+
+    def value(task):
+        masks = bank.task_masks(task)
+        stats = bank.task_batch_stats(task) if has_bn else network.batch_stats
+        logits, _ = network.apply(masking.mask_params(params, masks), stats, x, False)
+        return entropy(logits, weights)
+
+    values = jax.lax.map(value, jnp.arange(bank.capacity), batch_size=tasks_per_batch)
+    return jnp.argmin(jnp.where(bank.learned(), values, jnp.inf)).astype(jnp.int32)
+
+
+METHODS = {
+    "one_shot": one_shot,
+    "binary": binary,
+    "exhaustive": exhaustive,
+    "gradient_descent": lambda *a, **k: gradient_descent(*a, **k)[0],
+}
+
+
+def check_inputs(network: Network, bank: bank_lib.MaskBank, x, alpha=None) -> None:
+    """Raise one clear error for an empty bank, a wrong batch shape, NaN inputs or an alpha
+    of the wrong length. Call at the Python boundary (outside jit)."""
+    if int(bank.num_tasks) == 0:
+        raise ValueError("the mask bank is empty: learn at least one task before inference")
+    if x.ndim != len(network.input_shape) + 1 or tuple(x.shape[1:]) != network.input_shape:
+        raise ValueError(f"batch has shape {tuple(x.shape)}; the network expects "
+                         f"(B, {', '.join(map(str, network.input_shape))})")
+    if jnp.issubdtype(x.dtype, jnp.floating) and not bool(jnp.all(jnp.isfinite(x))):
+        raise ValueError("the batch contains NaN or inf")
+    if alpha is not None and tuple(jnp.shape(alpha)) != (bank.capacity,):
+        raise ValueError(f"alpha has shape {tuple(jnp.shape(alpha))}; the bank has "
+                         f"{bank.capacity} slots ({int(bank.num_tasks)} learned)")

@@ -1,0 +1,161 @@
+"""Evaluation without task identity: scenarios GNu and GNs (SPEC 1.6, paper section 4.2).
+
+A test set is shuffled (from a key) into batches of ``batch_size`` (128 in the paper). The task of
+a batch is inferred from its first ``m`` images (``m=1``: one image decides; ``m=batch_size``:
+"full batch"), or of every image on its own (``per_example=True``), then the batch is evaluated
+with the inferred mask:
+
+* GNu (unshared labels): a batch (or an image) whose inferred task is wrong scores 0;
+* GNs (shared labels): the inferred mask is scored against the labels whatever the task.
+
+The class is the arg-max over all outputs, superfluous neurons included. The last, partial batch
+is padded and its padding never counts nor decides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from supsup_jax import bank as bank_lib
+from supsup_jax import inference, masking
+from supsup_jax.models.network import Network
+
+__all__ = ["TaskInference", "evaluate_unknown_task"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskInference:
+    """How the task is inferred: method, objective, and how many images decide.
+
+    Attributes:
+      method: one of ``inference.METHODS`` (``"one_shot"``, ``"binary"``, ``"exhaustive"``,
+        ``"gradient_descent"``).
+      objective: ``"h"`` or ``"g"``.
+      num_real: real classes (the G objective's real neurons).
+      m: the first ``m`` images of a batch decide its task (ignored with ``per_example``).
+      per_example: infer the task of every image on its own (``vmap``).
+    """
+
+    method: str = "one_shot"
+    objective: str = "h"
+    num_real: int = 10
+    m: int = 1
+    per_example: bool = False
+
+    def __post_init__(self):
+        if self.method not in inference.METHODS:
+            raise ValueError(f"unknown inference method {self.method!r}; choose one of "
+                             f"{sorted(inference.METHODS)}")
+        inference.make_objective(self.objective, self.num_real)
+        if self.m < 1:
+            raise ValueError(f"m (images that decide a batch) must be >= 1, got {self.m}")
+
+    def infer(self, network: Network, params, bank, x, valid) -> jax.Array:
+        """int32 task per batch (``[]``) or per example (``[B]``) for float inputs ``x``."""
+        method = inference.METHODS[self.method]
+        objective = inference.make_objective(self.objective, self.num_real)
+        if self.per_example:
+            one = lambda xi: method(network, params, bank, xi[None], jnp.ones((1,)), objective)
+            return jax.vmap(one)(x)
+        weights = inference.first_m_weights(x.shape[0], self.m, valid)
+        return method(network, params, bank, x, weights, objective)
+
+
+@functools.partial(jax.jit, static_argnames=("network", "how", "preprocess", "shared_labels"))
+def _evaluate_batches(params, bank, images, labels, true_task, *, network, how, preprocess,
+                      shared_labels):
+    has_bn = bool(jax.tree.leaves(network.batch_stats))
+
+    def one(batch):
+        x_u8, y = batch
+        valid = y >= 0
+        x = preprocess(x_u8, None, False)
+        task = how.infer(network, params, bank, x, valid)
+
+        def logits_for(t, xs):
+            stats = bank.task_batch_stats(t) if has_bn else network.batch_stats
+            out, _ = network.apply(masking.mask_params(params, bank.task_masks(t)), stats, xs,
+                                   False)
+            return out
+
+        if how.per_example:
+            logits = jax.vmap(lambda t, xi: logits_for(t, xi[None])[0])(task, x)
+            right_task = task == true_task
+        else:
+            logits = logits_for(task, x)
+            right_task = jnp.broadcast_to(task == true_task, y.shape)
+        correct = (jnp.argmax(logits, -1) == y) & valid
+        if not shared_labels:
+            correct = correct & right_task
+        return jnp.sum(correct), jnp.sum(right_task & valid)
+
+    correct, task_correct = jax.lax.map(one, (images, labels))
+    return jnp.sum(correct), jnp.sum(task_correct)
+
+
+def evaluate_unknown_task(
+    network: Network,
+    bank: bank_lib.MaskBank,
+    images: np.ndarray,
+    labels: np.ndarray,
+    true_task: int,
+    how: TaskInference,
+    preprocess,
+    key: jax.Array,
+    *,
+    batch_size: int = 128,
+    shared_labels: bool = False,
+    params: Any = None,
+) -> dict[str, float]:
+    """GNu (or GNs with ``shared_labels``) accuracy of one task's test set.
+
+    Args:
+      network: the model; ``params`` defaults to its frozen weights.
+      bank: the learned masks (at least one task).
+      images: uint8 ``(N, *input_shape)``; labels: int ``(N,)``; true_task: the slot that
+        learned this data (for GNu scoring and the task-inference accuracy).
+      how: the inference method, objective and granularity.
+      preprocess: ``preprocess(images_uint8, key, train) -> float32`` (``train.make_preprocess``).
+      key: shuffles the test set into batches (the official test loaders shuffle).
+
+    Returns:
+      ``{"accuracy": ..., "task_accuracy": ...}``: correct predictions over N, and the fraction
+      of images whose inferred task is ``true_task``.
+    """
+    _check(network, bank, images, labels, how, batch_size, true_task)
+    params = network.params if params is None else params
+    n = len(labels)
+    order = np.asarray(jax.random.permutation(key, n))
+    pad = -n % batch_size
+    x = np.concatenate([np.asarray(images)[order],
+                        np.zeros((pad, *images.shape[1:]), np.uint8)])
+    y = np.concatenate([np.asarray(labels, np.int32)[order], np.full(pad, -1, np.int32)])
+    x = x.reshape(-1, batch_size, *images.shape[1:])
+    y = y.reshape(-1, batch_size)
+    correct, task_correct = _evaluate_batches(
+        params, bank, jnp.asarray(x), jnp.asarray(y), jnp.int32(true_task), network=network,
+        how=how, preprocess=preprocess, shared_labels=shared_labels)
+    return {"accuracy": float(correct) / n, "task_accuracy": float(task_correct) / n}
+
+
+def _check(network, bank, images, labels, how, batch_size, true_task):
+    num = int(bank.num_tasks)
+    if num == 0:
+        raise ValueError("the mask bank is empty: learn at least one task before inference")
+    if tuple(images.shape[1:]) != network.input_shape:
+        raise ValueError(f"images have example shape {tuple(images.shape[1:])}; the network "
+                         f"expects {network.input_shape}")
+    if images.dtype != np.uint8:
+        raise ValueError(f"images must be uint8, got {images.dtype}")
+    if len(labels) != len(images) or len(labels) == 0:
+        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    if not 0 <= true_task < num:
+        raise IndexError(f"true task {true_task} is outside the {num} learned tasks")
+    if how.m > batch_size:
+        raise ValueError(f"m={how.m} images cannot decide a batch of {batch_size}")

@@ -1,0 +1,106 @@
+"""The bit-packed mask bank against unpacked float references."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from supsup_jax import bank as bank_lib
+
+SHAPES = {"a/kernel": (13, 7), "b/kernel": (3, 3, 2, 5)}  # sizes not multiples of 8
+
+
+def _random_masks(seed):
+    rng = np.random.default_rng(seed)
+    return {p: rng.random(s) < 0.5 for p, s in SHAPES.items()}
+
+
+def _bank(num, capacity=2, stats=False):
+    weights = {p: np.zeros(s, np.float32) for p, s in SHAPES.items()}
+    template = {"bn": {"mean": np.zeros(4, np.float32)}} if stats else None
+    bank = bank_lib.MaskBank.create(weights, template, capacity=capacity)
+    masks = [_random_masks(i) for i in range(num)]
+    for i, m in enumerate(masks):
+        bank = bank.add(m, {"bn": {"mean": np.full(4, i, np.float32)}} if stats else None)
+    return bank, masks
+
+
+def test_packed_bank_equals_unpacked_reference_and_grows_geometrically():
+    bank, masks = _bank(5, capacity=2, stats=True)
+    assert int(bank.num_tasks) == 5 and bank.capacity == 8  # 2 -> 4 -> 8
+    for i, m in enumerate(masks):
+        got = bank.task_masks(i)
+        for p in SHAPES:
+            np.testing.assert_array_equal(np.asarray(got[p]), m[p].astype(np.float32))
+        np.testing.assert_array_equal(np.asarray(bank.task_batch_stats(i)["bn"]["mean"]), i)
+    # 1 bit per weight: ceil(P_l / 8) bytes per layer and slot.
+    assert bank.bits["a/kernel"].shape == (8, 12) and bank.bits["b/kernel"].dtype == jnp.uint8
+    np.testing.assert_array_equal(np.asarray(bank.learned()), [1] * 5 + [0] * 3)
+
+
+def test_superpose_and_contract_against_float_reference():
+    bank, masks = _bank(5, capacity=8)
+    alpha = jnp.asarray(np.random.default_rng(0).normal(size=8), jnp.float32)
+    alpha = jnp.where(bank.learned(), alpha, 0.0)
+    sup = bank_lib.superpose(alpha, bank)
+    v = {p: np.random.default_rng(1).normal(size=s).astype(np.float32) for p, s in SHAPES.items()}
+    g = np.asarray(bank_lib.contract(bank, v))
+    for p in SHAPES:
+        ref = sum(float(alpha[i]) * masks[i][p] for i in range(5))
+        np.testing.assert_allclose(np.asarray(sup[p]), ref, rtol=1e-5, atol=1e-6)
+    ref_g = [sum(float((masks[i][p] * v[p]).sum()) for p in SHAPES) for i in range(5)]
+    np.testing.assert_allclose(g[:5], ref_g, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(g[5:], 0)
+    # The custom VJP of superpose w.r.t. alpha is the contraction.
+    grad = jax.grad(lambda a: sum(jnp.sum(s * v[p]) for p, s in
+                                  bank_lib.superpose(a, bank).items()))(alpha)
+    np.testing.assert_allclose(np.asarray(grad), g, rtol=1e-5, atol=1e-5)
+
+
+def test_small_tiles_give_the_same_contraction(monkeypatch):
+    bank, _ = _bank(5, capacity=8)
+    v = {p: np.ones(s, np.float32) for p, s in SHAPES.items()}
+    alpha = jnp.full((8,), 0.25)
+    full = np.asarray(bank_lib.contract(bank, v)), bank_lib.superpose(alpha, bank)
+    monkeypatch.setattr(bank_lib, "TILE_BYTES", 64)  # tiles of one task
+    tiled = np.asarray(bank_lib.contract(bank, v)), bank_lib.superpose(alpha, bank)
+    np.testing.assert_allclose(tiled[0], full[0], rtol=1e-6)
+    for p in SHAPES:
+        np.testing.assert_allclose(np.asarray(tiled[1][p]), np.asarray(full[1][p]), rtol=1e-6)
+
+
+def test_save_load_round_trip_is_bit_identical(tmp_path):
+    bank, _ = _bank(3, capacity=4, stats=True)
+    path = tmp_path / "bank.npz"
+    bank_lib.save_bank(bank, path)
+    back = bank_lib.load_bank(path, {"bn": {"mean": np.zeros(4, np.float32)}})
+    assert back.shapes == bank.shapes and int(back.num_tasks) == 3
+    for p in SHAPES:
+        np.testing.assert_array_equal(np.asarray(back.bits[p]), np.asarray(bank.bits[p]))
+    np.testing.assert_array_equal(np.asarray(back.batch_stats["bn"]["mean"]),
+                                  np.asarray(bank.batch_stats["bn"]["mean"]))
+
+
+def test_masks_to_scores_round_trip():
+    from supsup_jax import masking
+
+    m = _random_masks(7)
+    back = masking.make_mask_fn("threshold")(bank_lib.masks_to_scores(m))
+    for p in SHAPES:
+        np.testing.assert_array_equal(np.asarray(back[p]).astype(bool), m[p])
+
+
+def test_adding_tasks_does_not_recompile_within_capacity():
+    bank, _ = _bank(1, capacity=16)
+    before = bank_lib._write._cache_size()
+    for i in range(5):
+        bank = bank.add(_random_masks(10 + i))
+    assert bank_lib._write._cache_size() == before
+
+
+def test_bad_masks():
+    bank, _ = _bank(1)
+    with pytest.raises(ValueError, match="masks cover"):
+        bank.add({"a/kernel": np.ones((13, 7), bool)})
+    with pytest.raises(ValueError, match="has shape"):
+        bank.add({"a/kernel": np.ones((7, 13), bool), "b/kernel": np.ones((3, 3, 2, 5), bool)})
