@@ -104,7 +104,7 @@ def evaluate_unknown_task(
     bank: bank_lib.MaskBank,
     images: np.ndarray,
     labels: np.ndarray,
-    true_task: int,
+    true_task: int | None,
     how: TaskInference,
     preprocess,
     key: jax.Array,
@@ -119,7 +119,8 @@ def evaluate_unknown_task(
       network: the model; ``params`` defaults to its frozen weights.
       bank: the learned masks (at least one task).
       images: uint8 ``(N, *input_shape)``; labels: int ``(N,)``; true_task: the slot that
-        learned this data (for GNu scoring and the task-inference accuracy).
+        learned this data (for GNu scoring and the task-inference accuracy), or ``None`` when
+        no slot corresponds to it (NNs: needs ``shared_labels``; no task accuracy).
       how: the inference method, objective and granularity.
       preprocess: ``preprocess(images_uint8, key, train) -> float32`` (``train.make_preprocess``).
       key: shuffles the test set into batches (the official test loaders shuffle).
@@ -128,7 +129,7 @@ def evaluate_unknown_task(
       ``{"accuracy": ..., "task_accuracy": ...}``: correct predictions over N, and the fraction
       of images whose inferred task is ``true_task``.
     """
-    _check(network, bank, images, labels, how, batch_size, true_task)
+    _check(network, bank, images, labels, how, batch_size, true_task, shared_labels)
     params = network.params if params is None else params
     n = len(labels)
     order = np.asarray(jax.random.permutation(key, n))
@@ -139,12 +140,16 @@ def evaluate_unknown_task(
     x = x.reshape(-1, batch_size, *images.shape[1:])
     y = y.reshape(-1, batch_size)
     correct, task_correct = _evaluate_batches(
-        params, bank, jnp.asarray(x), jnp.asarray(y), jnp.int32(true_task), network=network,
-        how=how, preprocess=preprocess, shared_labels=shared_labels)
-    return {"accuracy": float(correct) / n, "task_accuracy": float(task_correct) / n}
+        params, bank, jnp.asarray(x), jnp.asarray(y),
+        jnp.int32(-1 if true_task is None else true_task), network=network, how=how,
+        preprocess=preprocess, shared_labels=shared_labels)
+    out = {"accuracy": float(correct) / n}
+    if true_task is not None:
+        out["task_accuracy"] = float(task_correct) / n
+    return out
 
 
-def _check(network, bank, images, labels, how, batch_size, true_task):
+def _check(network, bank, images, labels, how, batch_size, true_task, shared_labels):
     num = int(bank.num_tasks)
     if num == 0:
         raise ValueError("the mask bank is empty: learn at least one task before inference")
@@ -155,7 +160,10 @@ def _check(network, bank, images, labels, how, batch_size, true_task):
         raise ValueError(f"images must be uint8, got {images.dtype}")
     if len(labels) != len(images) or len(labels) == 0:
         raise ValueError(f"{len(images)} images but {len(labels)} labels")
-    if not 0 <= true_task < num:
+    if true_task is None:
+        if not shared_labels:
+            raise ValueError("GNu scoring needs the true task; pass shared_labels=True (GNs)")
+    elif not 0 <= true_task < num:
         raise IndexError(f"true task {true_task} is outside the {num} learned tasks")
     if how.m > batch_size:
         raise ValueError(f"m={how.m} images cannot decide a batch of {batch_size}")

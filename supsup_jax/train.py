@@ -257,6 +257,17 @@ class Trainer:
         return self.train_step(params, state, images[i], labels[i],
                                jax.random.fold_in(key, step0 + i))
 
+    def train_batches(self, state: TaskState, images, labels, key: jax.Array, start_step: int,
+                      *, params: Params | None = None):
+        """Train on given batches: uint8 ``images`` ``[c, B, *input_shape]``, ``labels``
+        ``[c, B]``; step ``start_step + i`` uses ``fold_in(key, start_step + i)``.
+
+        Returns ``(state, metrics)`` with the chunk's mean loss and accuracy (device scalars).
+        """
+        params = self.network.params if params is None else params
+        return self._run_chunk(params, state, jnp.asarray(images), jnp.asarray(labels, jnp.int32),
+                               key, start_step)
+
     def _run_chunk(self, params, state, images, labels, key, step0):
         if self.step_loop == "scan":
             return self._train_chunk(params, state, images, labels, key, step0)
