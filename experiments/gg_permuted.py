@@ -19,6 +19,7 @@ import time
 import jax
 import numpy as np
 
+from experiments.common import normalization
 from supsup_jax import masking, models
 from supsup_jax import train as train_lib
 from supsup_jax.data import PermutedStream, load_dataset
@@ -35,6 +36,9 @@ def main(argv=None) -> dict:
     p.add_argument("--batch_size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--normalization", default="mnist", choices=["mnist", "dataset"],
+                   help="input statistics: MNIST's (0.1307, 0.3081) as the official pipeline "
+                        "uses for every PermutedMNIST-style run, or the dataset's own")
     p.add_argument("--output", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
 
@@ -46,7 +50,7 @@ def main(argv=None) -> dict:
         network,
         masking.make_mask_fn("threshold"),
         train_lib.make_optimizer("rmsprop", args.lr),
-        train_lib.make_preprocess(stream.mean, stream.std),
+        train_lib.make_preprocess(*normalization(args, stream)),
     )
     print(f"{args.dataset}: loaded in {time.perf_counter() - t0:.2f}s; {args.model} "
           f"(output {network.num_outputs}) on {jax.devices()[0].platform}", flush=True)

@@ -20,6 +20,7 @@ import time
 import jax
 import numpy as np
 
+from experiments.common import normalization
 from supsup_jax import masking, models, nns, scenarios
 from supsup_jax import train as train_lib
 from supsup_jax.data import BatchIterator, PermutedStream, load_dataset
@@ -36,6 +37,9 @@ def main(argv=None) -> dict:
     p.add_argument("--budget", type=int, default=None, help="mask budget (default 2x tasks)")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--normalization", default="mnist", choices=["mnist", "dataset"],
+                   help="input statistics: MNIST's (0.1307, 0.3081) as the official pipeline "
+                        "uses for every PermutedMNIST-style run, or the dataset's own")
     p.add_argument("--output", default=None)
     args = p.parse_args(argv)
 
@@ -43,7 +47,7 @@ def main(argv=None) -> dict:
     stream = PermutedStream(load_dataset(args.dataset, args.data_dir), args.num_tasks,
                             seed=args.seed)
     network = models.lenet300_100(num_outputs=args.num_outputs, seed=args.seed)
-    preprocess = train_lib.make_preprocess(stream.mean, stream.std)
+    preprocess = train_lib.make_preprocess(*normalization(args, stream))
     trainer = train_lib.Trainer(network, masking.make_mask_fn("threshold"),
                                 train_lib.make_optimizer("rmsprop", args.lr), preprocess,
                                 chunk_size=args.decide_every)

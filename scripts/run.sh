@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/python -m experiments.gg_permuted "$@"
+exec .venv/bin/python -m experiments.gnu_permuted "$@"

@@ -172,3 +172,16 @@ def test_bad_inputs(trained):
         scenarios.TaskInference("magic")
     with pytest.raises(ValueError, match="needs num_real"):
         inference.make_objective("g", None)
+
+
+def test_adding_a_task_does_not_recompile_inference(trained):
+    net, bank, tasks, preprocess, _ = trained
+    how = scenarios.TaskInference("one_shot", "g", m=1)
+    args = (tasks[0].test_images[:256], tasks[0].test_labels[:256], 0, how, preprocess,
+            jax.random.key(0))
+    scenarios.evaluate_unknown_task(net, bank, *args)
+    compiled = scenarios._evaluate_batches._cache_size()
+    grown = bank.add({p: m.astype(bool) for p, m in bank.task_masks(1).items()})
+    assert int(grown.num_tasks) == 4 and grown.capacity == bank.capacity
+    scenarios.evaluate_unknown_task(net, grown, *args)
+    assert scenarios._evaluate_batches._cache_size() == compiled
