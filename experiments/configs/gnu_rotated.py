@@ -1,0 +1,20 @@
+"""GNu RotatedMNIST: 36 tasks rotated by 10 degrees each, FC 1024-1024 with output 200, Binary
+task inference with H on the full batch of 128 (paper Fig. 5 left; SPEC 2.2). Reproduce:
+
+    python -m experiments.run --config=experiments/configs/gnu_rotated.py --workdir=runs/rotated
+"""
+
+from experiments.configs.base import apply_common_variants, base_config, parse_variants
+
+
+def get_config(variants: str | None = None):
+    c = base_config()
+    c.name = "gnu_rotated"
+    c.stream = "rotated"
+    c.num_tasks = 36
+    c.num_outputs = 200
+    c.inference.method = "binary"
+    c.inference.objective = "h"
+    c.inference.m = 128
+    c.eval_at = [2, 5, 10, 15, 20, 25, 30, 35, 36]
+    return apply_common_variants(c, parse_variants(variants), set())

@@ -1,0 +1,432 @@
+"""``train_and_evaluate(config, workdir)``: one continual-learning run, resumable, with results.
+
+The task loop (SPEC 1.4): for each task, train its scores (GG protocol), store the finished mask
+in the bit-packed bank, evaluate the learned tasks at the configured points (with the task given,
+and inferred for GNu/GNs), then checkpoint. Re-running on the same workdir resumes after the last
+finished task; every random choice derives from ``(config.seed, task)``, so a resumed run's
+results equal an uninterrupted run's. Scenario NNs runs the unlabelled stream through
+:class:`~supsup_jax.nns.NNsLearner` instead.
+
+The workdir receives ``results.json``, ``accuracy.csv``, PNG plots and ``checkpoints/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from supsup_jax import bank as bank_lib
+from supsup_jax import checkpoint as ckpt_lib
+from supsup_jax import masking, metrics, models, nns, plots, results, scenarios
+from supsup_jax import train as train_lib
+from supsup_jax.data import (
+    DATASET_STATS,
+    BatchIterator,
+    PermutedStream,
+    RotatedStream,
+    SplitStream,
+    load_dataset,
+    split_cifar100,
+    split_imagenet,
+    split_mnist,
+)
+
+__all__ = ["SCENARIOS", "build", "train_and_evaluate"]
+
+SCENARIOS = ("GG", "GNu", "GNs", "NNs")
+# Keys that do not change what a run computes, so a resumed run may differ in them.
+_RUNTIME_KEYS = ("quiet", "data_dir")
+
+
+def _key(config, *path: int) -> jax.Array:
+    k = jax.random.key(config.seed)
+    for p in path:
+        k = jax.random.fold_in(k, p)
+    return k
+
+
+# Streams of the MNIST family take the whole images; the rest come from the tfds-backed sources.
+def _make_stream(config):
+    ds = load_dataset(config.dataset, config.get("data_dir"))
+    if config.get("max_train_examples", -1) > 0 or config.get("max_test_examples", -1) > 0:
+        ntr = config.get("max_train_examples", -1)
+        nte = config.get("max_test_examples", -1)
+        cut = lambda a, n: a if n <= 0 else a[:n]
+        ds = ds._replace(train_images=cut(ds.train_images, ntr),
+                         train_labels=cut(ds.train_labels, ntr),
+                         test_images=cut(ds.test_images, nte),
+                         test_labels=cut(ds.test_labels, nte))
+    kind = config.stream
+    if kind == "permuted":
+        return PermutedStream(ds, config.num_tasks, seed=config.seed)
+    if kind == "rotated":
+        return RotatedStream(ds, config.num_tasks, degrees_per_task=config.degrees_per_task)
+    if kind == "split":
+        return SplitStream(ds, config.num_tasks, config.classes_per_task,
+                           seed=config.get("split_seed"), relabel=config.relabel)
+    if kind == "split_mnist":
+        return split_mnist(ds, relabel=config.relabel)
+    if kind == "split_cifar100":
+        return split_cifar100(ds, seed=config.seed)
+    if kind == "split_imagenet":
+        return split_imagenet(ds, seed=1)
+    raise ValueError(f"unknown stream {kind!r}; choose permuted, rotated, split, split_mnist, "
+                     "split_cifar100 or split_imagenet")
+
+
+def build(config):
+    """The stream, network and trainer a config describes: ``(stream, trainer)``."""
+    if config.scenario not in SCENARIOS:
+        raise ValueError(f"unknown scenario {config.scenario!r}; choose one of {SCENARIOS}")
+    stream = _make_stream(config)
+    if stream.num_tasks != config.num_tasks:
+        raise ValueError(f"the {config.stream} stream has {stream.num_tasks} tasks, the config "
+                         f"asks for {config.num_tasks}")
+    input_shape = tuple(stream.task(0).train_images.shape[1:])
+    kwargs = dict(config.get("model_kwargs", {}) or {})
+    kwargs.setdefault("seed", config.seed)
+    kwargs["input_shape"] = input_shape
+    kwargs["weight_init"] = config.weight_init
+    out_key = "num_outputs" if config.model in ("fc1024", "lenet300_100") else "num_classes"
+    kwargs[out_key] = config.num_outputs
+    network = models.get_model(config.model, **kwargs)
+    if config.mask_rule == "topk" and config.get("er_scale"):
+        weights = masking.masked_leaves(network.params)
+        mask_fn = masking.make_mask_fn("topk", masking.er_densities(weights, config.er_scale))
+    else:
+        mask_fn = masking.make_mask_fn(config.mask_rule, config.get("density"))
+    if config.normalization == "mnist":
+        mean, std = DATASET_STATS["mnist"]
+        mean, std = mean * input_shape[-1], std * input_shape[-1]
+    else:
+        mean, std = stream.mean, stream.std
+    steps = _steps_per_task(config, stream)
+    steps_per_epoch = max(len(stream.task(0).train_labels) // config.batch_size, 1)
+    optimizer = train_lib.make_optimizer(
+        config.optimizer, config.lr, weight_decay=config.weight_decay,
+        momentum=config.momentum, schedule=config.schedule, steps_per_epoch=steps_per_epoch,
+        epochs=-(-steps // steps_per_epoch), warmup_epochs=config.get("warmup_epochs", 0))
+    trainer = train_lib.Trainer(network, mask_fn, optimizer,
+                                train_lib.make_preprocess(mean, std, stream.augment),
+                                chunk_size=config.chunk_size)
+    return stream, trainer
+
+
+def _steps_per_task(config, stream) -> int:
+    if config.steps > 0:
+        return config.steps
+    n = len(stream.task(0).train_labels)
+    return config.epochs * max(n // config.batch_size, 1)
+
+
+def _eval_points(config) -> set[int]:
+    pts = list(config.get("eval_at", []) or [])
+    return set(pts) | {config.num_tasks} if pts else set(range(1, config.num_tasks + 1))
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("supsup-jax", "jax", "jaxlib", "flax", "optax", "numpy"):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            out[pkg] = "unknown"
+    return out
+
+
+@dataclasses.dataclass
+class _Progress:
+    quiet: bool
+    num_tasks: int
+    start: int
+
+    def __post_init__(self):
+        self.tasks = tqdm(total=self.num_tasks, initial=self.start, desc="tasks", unit="task",
+                          disable=self.quiet, dynamic_ncols=True)
+
+    def steps(self, t: int, total: int):
+        return tqdm(total=total, desc=f"task {t}", unit="step", leave=False,
+                    disable=self.quiet, dynamic_ncols=True)
+
+    def task_done(self, line: str):
+        self.tasks.update(1)
+        if not self.quiet:
+            tqdm.write(line)
+
+    def close(self):
+        self.tasks.close()
+
+
+def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
+    """Run (or resume) the experiment ``config`` in ``workdir`` and return its results dict.
+
+    Raises:
+      CheckpointError: the workdir holds a checkpoint of a different config, or a corrupt one.
+    """
+    workdir = os.fspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    stream, trainer = build(config)
+    ckpts = ckpt_lib.RunCheckpoints(workdir)
+    try:
+        if config.scenario == "NNs":
+            out = _run_nns(config, workdir, stream, trainer, ckpts)
+        else:
+            out = _run_tasks(config, workdir, stream, trainer, ckpts)
+    finally:
+        ckpts.close()
+    return out
+
+
+def _comparable(config) -> str:
+    d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    return json.dumps({k: v for k, v in d.items() if k not in _RUNTIME_KEYS}, sort_keys=True,
+                      default=str)
+
+
+def _resume_meta(config, ckpts) -> tuple[int, dict | None]:
+    step = ckpts.latest_step()
+    if step is None:
+        return 0, None
+    meta = ckpts.restore_meta(step)
+    if meta.get("config") != _comparable(config):
+        stored, now = json.loads(meta.get("config") or "{}"), json.loads(_comparable(config))
+        diff = {k: (stored.get(k), now.get(k)) for k in sorted(set(stored) | set(now))
+                if stored.get(k) != now.get(k)}
+        raise ckpt_lib.CheckpointError(
+            f"{ckpts.directory} holds a run of a different config (field: stored vs now: "
+            + "; ".join(f"{k}: {a!r} vs {b!r}" for k, (a, b) in diff.items())
+            + "); use another workdir or delete that one")
+    return step, meta
+
+
+def _run_tasks(config, workdir, stream, trainer, ckpts):
+    num = config.num_tasks
+    steps = _steps_per_task(config, stream)
+    has_bn = bool(jax.tree.leaves(trainer.network.batch_stats))
+    bank = bank_lib.MaskBank.create(trainer.weights, trainer.network.batch_stats or None,
+                                    capacity=num)
+    running_mean = (masking.init_scores(jax.random.key(0), trainer.network.params)
+                    if config.transfer else {})
+    start, meta = _resume_meta(config, ckpts)
+    rows: dict[str, dict] = {}
+    wall: list[float] = []
+    if meta is not None:
+        state = ckpts.restore_state(start, {"bank": bank, "running_mean": running_mean})
+        bank, running_mean = state["bank"], state["running_mean"]
+        rows, wall = meta["rows"], meta["wall"]
+    how = None
+    if config.scenario in ("GNu", "GNs"):
+        how = scenarios.TaskInference(config.inference.method, config.inference.objective,
+                                      num_real=stream.task(0).num_classes, m=config.inference.m,
+                                      per_example=config.inference.per_example)
+    points = _eval_points(config)
+    progress = _Progress(config.quiet, num, start)
+    test_cache: dict[int, Any] = {}
+
+    def test_set(i):
+        if i not in test_cache:
+            task = stream.task(i)
+            cut = config.get("max_eval_examples", -1)
+            x, y = task.test_images, task.test_labels
+            test_cache[i] = (x[:cut], y[:cut]) if cut > 0 else (x, y)
+            if len(test_cache) > 64:
+                test_cache.pop(next(iter(test_cache)))
+        return test_cache[i]
+
+    for t in range(start, num):
+        t0 = time.perf_counter()
+        task = stream.task(t)
+        scores = running_mean if (config.transfer and t > 0) else None
+        state = trainer.init_task(_key(config, 0, t), scores=scores)
+        bar = progress.steps(t, steps)
+        state = trainer.train_task(state, task.train_images, task.train_labels,
+                                   _key(config, 1, t), steps, config.batch_size,
+                                   on_chunk=lambda s, m, bar=bar: bar.update(s - bar.n))
+        bar.close()
+        if config.transfer:
+            running_mean = train_lib.update_running_mean(running_mean, t, state.scores)
+        bank = bank.add(trainer.masks(state.scores), state.batch_stats if has_bn else None)
+        del state  # the optimiser state never outlives its task
+        if t + 1 in points:
+            rows[str(t)] = _evaluate_row(config, trainer, bank, t, test_set, how, has_bn)
+        wall.append(time.perf_counter() - t0)
+        meta = {"config": _comparable(config), "rows": rows, "wall": wall}
+        ckpts.save(t + 1, {"bank": bank, "running_mean": running_mean}, meta)
+        res = _results(config, rows, wall, bank, None)
+        results.write_results(workdir, res)
+        gg_row = rows.get(str(t), {}).get("gg")
+        line = f"task {t}: {steps / wall[-1]:.0f} steps/s"
+        if gg_row is not None:
+            line += f", GG {gg_row[t]:.4f}, mean over learned {np.mean(gg_row):.4f}"
+            inf_row = rows[str(t)].get("inferred")
+            if inf_row is not None:
+                line += f", {config.scenario} {np.mean(inf_row):.4f}"
+        progress.task_done(line)
+    progress.close()
+    res = _results(config, rows, wall, bank, None)
+    results.write_results(workdir, res)
+    plots.write_plots(res, workdir)
+    return res
+
+
+def _evaluate_row(config, trainer, bank, t, test_set, how, has_bn) -> dict:
+    gg, inferred, task_acc = [], [], []
+    for i in range(t + 1):
+        x, y = test_set(i)
+        stats = bank.task_batch_stats(i) if has_bn else {}
+        gg.append(float(trainer.evaluate(bank.task_masks(i), stats, x, y)))
+        if how is not None:
+            r = scenarios.evaluate_unknown_task(
+                trainer.network, bank, x, y, i, how, trainer.preprocess,
+                _key(config, 2, t, i), batch_size=config.test_batch_size,
+                shared_labels=config.scenario == "GNs")
+            inferred.append(r["accuracy"])
+            task_acc.append(r["task_accuracy"])
+    row = {"gg": gg}
+    if how is not None:
+        row.update(inferred=inferred, task_inference=task_acc)
+    return row
+
+
+def _matrix(rows, num, key):
+    if not any(key in r for r in rows.values()):
+        return None
+    m = [[None] * num for _ in range(num)]
+    for t, r in rows.items():
+        for i, v in enumerate(r.get(key) or []):
+            m[int(t)][i] = v
+    return m
+
+
+def _summary(matrix):
+    """ACC, BWT and forgetting over the evaluated rows (restricted to full rows: the final)."""
+    if matrix is None:
+        return None, None, None
+    r = np.array([[np.nan if v is None else v for v in row] for row in matrix], np.float64)
+    last = max(t for t in range(len(r)) if not np.isnan(r[t, 0]))
+    acc = float(np.nanmean(r[last, : last + 1]))
+    # BWT and forgetting need the diagonal: only defined when every row up to `last` exists.
+    sub = r[: last + 1, : last + 1]
+    if np.isnan(np.tril(sub)).any():
+        return acc, None, None
+    return acc, metrics.backward_transfer(sub), metrics.forgetting(sub)
+
+
+def _results(config, rows, wall, bank, masks_allocated) -> dict[str, Any]:
+    num = config.num_tasks
+    gg = _matrix(rows, num, "gg")
+    inferred = _matrix(rows, num, "inferred")
+    task_inf = _matrix(rows, num, "task_inference")
+    main = inferred if inferred is not None else gg
+    acc, bwt, fgt = _summary(main) if main is not None else (None, None, None)
+    gg_acc = _summary(gg)[0] if gg is not None else None
+    tia = None
+    if task_inf is not None:
+        last = max(int(t) for t in rows)
+        tia = float(np.mean(rows[str(last)]["task_inference"]))
+    learned = max(int(bank.num_tasks), 1)
+    return {
+        "config": config.to_dict() if hasattr(config, "to_dict") else dict(config),
+        "seed": config.seed,
+        "versions": _versions(),
+        "device": f"{jax.devices()[0].platform}: {jax.devices()[0].device_kind}",
+        "scenario": config.scenario,
+        "num_tasks": num,
+        "accuracy_matrix": gg,
+        "inferred_accuracy_matrix": inferred,
+        "task_inference_matrix": task_inf,
+        "task_inference_accuracy": tia,
+        "average_accuracy": acc,
+        "gg_average_accuracy": gg_acc,
+        "backward_transfer": bwt,
+        "forgetting": fgt,
+        # Bits of the learned tasks' masks (and their BN statistics), not spare capacity.
+        "bytes_per_task": bank.nbytes() * (learned / bank.capacity) / learned,
+        "wall_time_per_task": list(wall),
+        "masks_allocated": masks_allocated,
+    }
+
+
+def _run_nns(config, workdir, stream, trainer, ckpts):
+    """NNs: the stream visits the true tasks in order; the learner sees only batches."""
+    num = config.num_tasks
+    steps = _steps_per_task(config, stream)
+    every = config.nns.decide_every
+    learner = nns.NNsLearner(trainer, budget=config.nns.budget, key=_key(config, 3),
+                             objective=config.inference.objective,
+                             num_real=stream.task(0).num_classes, eps=config.nns.eps)
+    start, meta = _resume_meta(config, ckpts)
+    rows: dict[str, dict] = {}
+    wall: list[float] = []
+    usage: list[list[int | None]] = []
+    if meta is not None:
+        slots = meta["num_masks"]
+        abstract = {"bank": learner.bank,
+                    "states": [trainer.init_task(jax.random.key(0)) for _ in range(slots)]}
+        state = ckpts.restore_state(start, abstract)
+        learner.bank, learner.states = state["bank"], list(state["states"])
+        learner.steps, learner.decisions = meta["steps"], meta["decisions"]
+        rows, wall, usage = meta["rows"], meta["wall"], meta["usage"]
+    how = scenarios.TaskInference("one_shot", config.inference.objective,
+                                  num_real=stream.task(0).num_classes, m=config.inference.m)
+    points = _eval_points(config)
+    progress = _Progress(config.quiet, num, start)
+    for t in range(start, num):
+        t0 = time.perf_counter()
+        task = stream.task(t)
+        it = BatchIterator(len(task.train_labels), config.batch_size, _key(config, 1, t))
+        used = []
+        bar = progress.steps(t, steps)
+        for s in range(0, steps, every):
+            idx = it.index_chunk(s, min(every, steps - s))
+            used.append(learner.learn_block(task.train_images[idx], task.train_labels[idx]))
+            bar.update(len(idx))
+        bar.close()
+        usage.append(used)
+        if t + 1 in points:
+            rows[str(t)] = _evaluate_nns_row(config, learner, stream, usage, t, how)
+        wall.append(time.perf_counter() - t0)
+        meta = {"config": _comparable(config), "rows": rows, "wall": wall, "usage": usage,
+                "num_masks": learner.num_masks, "steps": learner.steps,
+                "decisions": learner.decisions}
+        ckpts.save(t + 1, {"bank": learner.bank, "states": learner.states}, meta)
+        res = _results(config, rows, wall, learner.bank, learner.num_masks)
+        results.write_results(workdir, res)
+        progress.task_done(f"task {t}: {steps / wall[-1]:.0f} steps/s, masks allocated "
+                           f"{learner.num_masks}")
+    progress.close()
+    res = _results(config, rows, wall, learner.bank, learner.num_masks)
+    results.write_results(workdir, res)
+    plots.write_plots(res, workdir)
+    return res
+
+
+def _evaluate_nns_row(config, learner, stream, usage, t, how) -> dict:
+    # "Given" accuracy of a true task uses the slot the learner trained most on its data.
+    gg, inferred = [], []
+    for i in range(t + 1):
+        task = stream.task(i)
+        x, y = task.test_images, task.test_labels
+        cut = config.get("max_eval_examples", -1)
+        if cut > 0:
+            x, y = x[:cut], y[:cut]
+        slots = [s for s in usage[i] if s is not None]
+        if slots:
+            own = max(set(slots), key=slots.count)
+            gg.append(float(learner.trainer.evaluate(learner.bank.task_masks(own), {}, x, y)))
+        else:
+            gg.append(None)
+        r = scenarios.evaluate_unknown_task(
+            learner.trainer.network, learner.bank, x, y, None, how, learner.trainer.preprocess,
+            _key(config, 2, t, i), batch_size=config.test_batch_size, shared_labels=True)
+        inferred.append(r["accuracy"])
+    return {"gg": gg, "inferred": inferred}
+

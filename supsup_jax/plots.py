@@ -1,0 +1,181 @@
+"""PNG figures of a results dict (see ``results.write_results`` for its keys).
+
+Figures are built on ``matplotlib.figure.Figure`` with an explicit ``FigureCanvasAgg``: no pyplot,
+so no global figure state and no backend selection (which would warn, or open windows, depending
+on the environment). Each file is written atomically like the results themselves.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from collections.abc import Mapping
+from typing import Any
+
+import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from supsup_jax import results as results_lib
+
+__all__ = [
+    "DPI",
+    "plot_accuracy_matrix",
+    "plot_accuracy_vs_tasks",
+    "plot_task_inference",
+    "write_plots",
+]
+
+DPI = 120
+
+
+def _new_figure(figsize: tuple[float, float]) -> Figure:
+    fig = Figure(figsize=figsize, dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: str | os.PathLike) -> pathlib.Path:
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The temp name does not end in .png, so the format is given explicitly.
+    results_lib.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=DPI), binary=True)
+    return path
+
+
+def _row_means(m: np.ndarray, rows: list[int]) -> tuple[list[int], list[float]]:
+    """(tasks learned, mean accuracy over the defined cells of tasks 0..t) per evaluated row."""
+    xs, ys = [], []
+    for t in rows:
+        mean = results_lib.row_mean(m, t)
+        if mean is not None:
+            xs.append(t + 1)
+            ys.append(mean)
+    return xs, ys
+
+
+def _integer_ticks(*axes_) -> None:
+    """Task counts and indices are integers: no ticks at 1.5 tasks."""
+    for axis in axes_:
+        axis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _title(results: Mapping[str, Any]) -> str:
+    config = results.get("config") or {}
+    return str(config.get("name", results.get("scenario", "")))
+
+
+def plot_accuracy_vs_tasks(results: Mapping[str, Any], path: str | os.PathLike) -> pathlib.Path:
+    """Mean accuracy over the learned tasks against the number of tasks learned.
+
+    One line with the task given (GG) and, when the run inferred tasks, one with the task
+    inferred, in the same axes as in the paper's figures. Only evaluated rows are plotted.
+
+    Returns:
+        The path of the PNG written.
+    """
+    rows = results_lib.evaluated_rows(results)
+    scenario = str(results.get("scenario", ""))
+    fig = _new_figure((6.0, 4.0))
+    ax = fig.add_subplot()
+    curves = [("accuracy_matrix", "GG, task given", "o-"),
+              ("inferred_accuracy_matrix", f"{scenario}, task inferred", "s--")]
+    for key, label, style in curves:
+        m = results_lib.matrix(results, key)
+        if m is not None:
+            xs, ys = _row_means(m, rows)
+            ax.plot(xs, ys, style, label=label)
+    ax.set_xlabel("number of tasks learned")
+    _integer_ticks(ax.xaxis)
+    ax.set_ylabel("mean accuracy over learned tasks")
+    ax.set_title(_title(results))
+    ax.grid(True, alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    return _save(fig, path)
+
+
+def plot_accuracy_matrix(results: Mapping[str, Any], path: str | os.PathLike) -> pathlib.Path:
+    """Heat map of the GG accuracy matrix, and of the inferred one beside it when present.
+
+    Undefined cells (above the diagonal, rows not evaluated) are left blank.
+
+    Returns:
+        The path of the PNG written.
+    """
+    panels = [("accuracy_matrix", "task given (GG)")]
+    if results.get("inferred_accuracy_matrix") is not None:
+        panels.append(("inferred_accuracy_matrix", f"{results.get('scenario', '')}, task inferred"))
+    mats = [(results_lib.matrix(results, k), title) for k, title in panels]
+    mats = [(m, title) for m, title in mats if m is not None]
+    finite = np.concatenate([m[np.isfinite(m)] for m, _ in mats] or [np.zeros(0)])
+    # Accuracies are fractions; fall back to the data range if a run stored percentages.
+    vmax = max(1.0, float(finite.max())) if finite.size else 1.0
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="white")
+    fig = _new_figure((5.0 * max(1, len(mats)) + 1.0, 4.5))
+    axes = [fig.add_subplot(1, max(1, len(mats)), k + 1) for k in range(max(1, len(mats)))]
+    image = None
+    for ax, (m, title) in zip(axes, mats, strict=False):
+        n = m.shape[0]
+        # Rows are labelled by tasks learned (1..T), columns by task index (0..T-1).
+        image = ax.imshow(np.ma.masked_invalid(m), cmap=cmap, vmin=0.0, vmax=vmax,
+                          interpolation="nearest", aspect="auto",
+                          extent=(-0.5, n - 0.5, n + 0.5, 0.5))
+        ax.set_xlabel("task evaluated")
+        ax.set_ylabel("tasks learned")
+        _integer_ticks(ax.xaxis, ax.yaxis)
+        ax.set_title(title)
+    if image is not None:
+        fig.colorbar(image, ax=axes, label="accuracy")
+    fig.suptitle(_title(results))
+    return _save(fig, path)
+
+
+def plot_task_inference(results: Mapping[str, Any],
+                        path: str | os.PathLike) -> pathlib.Path | None:
+    """Bar chart of the task-inference accuracy per task at the last evaluated row.
+
+    Returns:
+        The path of the PNG written, or None (nothing written) when the run has no
+        task-inference matrix or no defined cell in it.
+    """
+    m = results_lib.matrix(results, "task_inference_matrix")
+    if m is None:
+        return None
+    rows = [t for t in range(m.shape[0]) if results_lib.row_mean(m, t) is not None]
+    if not rows:
+        return None
+    t = rows[-1]
+    tasks = np.arange(t + 1)
+    acc = m[t, : t + 1]
+    defined = ~np.isnan(acc)
+    mean = float(acc[defined].mean())
+    fig = _new_figure((6.0, 4.0))
+    ax = fig.add_subplot()
+    ax.bar(tasks[defined], acc[defined], width=0.8 if t < 50 else 1.0)
+    ax.axhline(mean, color="black", linestyle="--", linewidth=1, label=f"mean {mean:.4f}")
+    ax.set_xlabel("task")
+    _integer_ticks(ax.xaxis)
+    ax.set_ylabel("task-inference accuracy")
+    ax.set_ylim(0.0, max(1.05, float(acc[defined].max()) * 1.05))
+    ax.set_title(f"{_title(results)}: after {t + 1} tasks learned")
+    ax.legend(loc="lower right")
+    return _save(fig, path)
+
+
+def write_plots(results: Mapping[str, Any], workdir: str | os.PathLike) -> list[pathlib.Path]:
+    """Write ``accuracy_vs_tasks.png``, ``accuracy_matrix.png`` and, when the run inferred tasks,
+    ``task_inference.png`` into ``workdir``.
+
+    Returns:
+        The paths written, in that order.
+    """
+    workdir = pathlib.Path(workdir)
+    paths = [plot_accuracy_vs_tasks(results, workdir / "accuracy_vs_tasks.png"),
+             plot_accuracy_matrix(results, workdir / "accuracy_matrix.png")]
+    ti = plot_task_inference(results, workdir / "task_inference.png")
+    if ti is not None:
+        paths.append(ti)
+    return paths

@@ -1,0 +1,144 @@
+"""Every config's tiny variant end to end, kill-and-resume with a real subprocess, results."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from supsup_jax import results
+from supsup_jax.experiment import train_and_evaluate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(ROOT, "experiments", "configs")
+KEYS = {"config", "seed", "versions", "device", "scenario", "num_tasks", "accuracy_matrix",
+        "task_inference_accuracy", "average_accuracy", "backward_transfer", "forgetting",
+        "bytes_per_task", "wall_time_per_task"}
+
+
+def _config(name, variants):
+    from importlib import import_module
+
+    return import_module(f"experiments.configs.{name}").get_config(variants)
+
+
+def _check_results(workdir, res):
+    assert KEYS <= set(res)
+    loaded = results.load_results(workdir)
+    assert KEYS <= set(loaded)
+    t = res["num_tasks"]
+    m = loaded["accuracy_matrix"]
+    assert len(m) == t
+    for name in ("accuracy_vs_tasks.png", "accuracy_matrix.png"):
+        assert os.path.getsize(os.path.join(workdir, name)) > 0
+    assert os.path.exists(os.path.join(workdir, "accuracy.csv"))
+    return loaded
+
+
+# The Fashion-MNIST twins run on the real data here.
+@pytest.mark.parametrize("name,variants", [
+    ("main_fashion", "tiny"),
+    ("gnu_permuted", "tiny,fashion"),
+    ("gnu_permuted", "tiny,fashion,lenet,h"),
+    ("gnu_2500", "tiny,fashion"),
+    ("gnu_2500", "tiny,fashion,nns"),
+    ("gnu_rotated", "tiny,fashion"),
+    ("output_size", "tiny,fashion,s25,g"),
+    ("gns_permuted", "tiny,fashion"),
+    ("split_mnist", "tiny,fashion"),
+])
+def test_tiny_variants_on_fashion_mnist(tmp_path, fashion_mnist, name, variants):
+    res = train_and_evaluate(_config(name, variants), tmp_path)
+    loaded = _check_results(tmp_path, res)
+    if res["scenario"] != "GG":
+        assert loaded["inferred_accuracy_matrix"] is not None
+    if res["scenario"] == "NNs":
+        assert 1 <= res["masks_allocated"] <= 6
+
+
+def _mock(dataset_names, num_examples):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    return tfds.testing.mock_data(num_examples=num_examples,
+                                  policy=tfds.testing.MockPolicy.USE_CODE)
+
+
+# The MNIST originals through tensorflow-datasets' mock data (no download).
+@pytest.mark.parametrize("name,variants", [("gnu_permuted", "tiny"), ("split_mnist", "tiny")])
+def test_tiny_variants_on_mock_mnist(tmp_path, monkeypatch, name, variants):
+    monkeypatch.delenv("SUPSUP_DATA_DIR", raising=False)
+    with _mock(["mnist"], 600):
+        res = train_and_evaluate(_config(name, variants), tmp_path)
+    _check_results(tmp_path, res)
+
+
+@pytest.mark.slow
+def test_tiny_splitcifar100_on_mock_data(tmp_path, monkeypatch):
+    monkeypatch.delenv("SUPSUP_DATA_DIR", raising=False)
+    with _mock(["cifar100"], 2000):
+        res = train_and_evaluate(_config("gg_splitcifar100", "tiny,transfer"), tmp_path)
+    _check_results(tmp_path, res)
+
+
+@pytest.mark.slow
+def test_tiny_splitimagenet_on_mock_data(tmp_path, monkeypatch):
+    monkeypatch.delenv("SUPSUP_DATA_DIR", raising=False)
+    with _mock(["imagenet2012"], 3000):
+        res = train_and_evaluate(_config("gg_splitimagenet", "tiny"), tmp_path)
+    _check_results(tmp_path, res)
+
+
+def _run(workdir, *extra, **popen):
+    cmd = [sys.executable, "-m", "experiments.run",
+           f"--config={os.path.join(CONFIGS, 'main_fashion.py')}:tiny", f"--workdir={workdir}",
+           "--config.num_tasks=4", "--config.steps=30", *extra]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, **popen)
+
+
+def _comparable(res):
+    return {k: v for k, v in res.items() if k not in ("wall_time_per_task", "versions")}
+
+
+def test_sigkill_and_resume_is_bit_identical(tmp_path, fashion_mnist):
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    out, _ = _run(full).communicate(timeout=600)
+    assert "tasks learned" in out, out
+    # Kill with SIGKILL as soon as the first task's checkpoint exists.
+    proc = _run(killed)
+    deadline = time.time() + 300
+    while not (killed / "checkpoints" / "1").exists():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert not (killed / "checkpoints" / "4").exists()  # it stopped early
+    out2, _ = _run(killed).communicate(timeout=600)
+    a, b = results.load_results(full), results.load_results(killed)
+    assert _comparable(a) == _comparable(b)
+    # The printed table is what the results file gives back.
+    assert results.format_table(b) in out2
+
+
+def test_other_config_or_corrupt_checkpoint_is_an_error(tmp_path, fashion_mnist):
+    from supsup_jax.checkpoint import CheckpointError
+
+    config = _config("main_fashion", "tiny")
+    config.num_tasks = 1
+    train_and_evaluate(config, tmp_path)
+    other = _config("main_fashion", "tiny")
+    other.num_tasks = 1
+    other.lr = 0.5
+    with pytest.raises(CheckpointError, match="lr: 0.0001 vs 0.5"):
+        train_and_evaluate(other, tmp_path)
+    # Corrupt the stored metadata: a clear error, never a silent restart.
+    for root, _, files in os.walk(tmp_path / "checkpoints" / "1"):
+        for f in files:
+            path = os.path.join(root, f)
+            with open(path, "wb") as fh:
+                fh.write(b"\0garbage")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        train_and_evaluate(config, tmp_path)
+    json.dumps(results.load_results(tmp_path))  # results stay readable
