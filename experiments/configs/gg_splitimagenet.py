@@ -34,8 +34,8 @@ def get_config(variants: str | None = None):
     c.scenario = "GG"
     c = apply_common_variants(c, v, set(ER))
     if "tiny" in v:
-        c.num_tasks = 100
-        c.steps, c.batch_size, c.max_eval_examples = 1, 4, 8
+        # The first 2 tasks of the same class split (SplitStream with seed 1 is split_imagenet).
+        c.stream, c.classes_per_task, c.split_seed, c.num_tasks = "split", 10, 1, 2
+        c.steps, c.batch_size, c.max_eval_examples = 2, 4, 8
         c.model_kwargs = {"width": 0.125}
-        c.eval_at = [100]
     return c
