@@ -187,8 +187,10 @@ def test_gemresnet18_gg_per_task_bn_two_split_tasks(fashion_mnist):
     trainer = train_lib.Trainer(
         net,
         masking.make_mask_fn("topk", 0.5),
-        train_lib.make_optimizer("adam", 1e-2, weight_decay=1e-4),
-        train_lib.make_preprocess(stream.mean * 3, stream.std * 3, "cifar"),
+        train_lib.make_optimizer("adam", 3e-3, weight_decay=1e-4),
+        # No crop/flip here: 40 steps are too few to learn through it (0.54 on one task);
+        # the augmentation is tested in the data tests and the SplitCIFAR100 tiny run.
+        train_lib.make_preprocess(stream.mean * 3, stream.std * 3, "none"),
         chunk_size=20,
         eval_batch_size=250,
     )
