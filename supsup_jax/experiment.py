@@ -43,7 +43,7 @@ __all__ = ["SCENARIOS", "build", "train_and_evaluate"]
 
 SCENARIOS = ("GG", "GNu", "GNs", "NNs")
 # Keys that do not change what a run computes, so a resumed run may differ in them.
-_RUNTIME_KEYS = ("quiet", "data_dir")
+_RUNTIME_KEYS = ("quiet", "data_dir", "tensorboard")
 
 
 def _key(config, *path: int) -> jax.Array:
@@ -165,6 +165,41 @@ class _Progress:
         self.tasks.close()
 
 
+class _Scalars:
+    """TensorBoard scalars in ``workdir/tensorboard`` when tensorboardX is installed."""
+
+    def __init__(self, workdir: str, enabled: bool):
+        self.writer = None
+        if enabled:
+            try:
+                from tensorboardX import SummaryWriter
+            except ImportError:
+                return
+            self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def write(self, step: int, scalars: dict[str, float | None]) -> None:
+        if self.writer is not None:
+            for name, value in scalars.items():
+                if value is not None:
+                    self.writer.add_scalar(name, value, step)
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _row_scalars(row: dict | None, t: int) -> dict[str, float | None]:
+    if not row:
+        return {}
+    out = {"gg/new_task": row["gg"][t], "gg/mean_learned": float(np.mean(row["gg"]))}
+    if row.get("inferred") is not None:
+        out["inferred/mean_learned"] = float(np.mean(row["inferred"]))
+    if row.get("task_inference") is not None:
+        out["task_inference/mean_learned"] = float(np.mean(row["task_inference"]))
+    return out
+
+
 def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
     """Run (or resume) the experiment ``config`` in ``workdir`` and return its results dict.
 
@@ -229,6 +264,7 @@ def _run_tasks(config, workdir, stream, trainer, ckpts):
                                       per_example=config.inference.per_example)
     points = _eval_points(config)
     progress = _Progress(config.quiet, num, start)
+    scalars = _Scalars(workdir, config.get("tensorboard", False))
     test_cache: dict[int, Any] = {}
 
     def test_set(i):
@@ -262,6 +298,8 @@ def _run_tasks(config, workdir, stream, trainer, ckpts):
         ckpts.save(t + 1, {"bank": bank, "running_mean": running_mean}, meta)
         res = _results(config, rows, wall, bank, None)
         results.write_results(workdir, res)
+        scalars.write(t + 1, {"train/steps_per_second": steps / wall[-1],
+                              **_row_scalars(rows.get(str(t)), t)})
         gg_row = rows.get(str(t), {}).get("gg")
         line = f"task {t}: {steps / wall[-1]:.0f} steps/s"
         if gg_row is not None:
@@ -271,6 +309,7 @@ def _run_tasks(config, workdir, stream, trainer, ckpts):
                 line += f", {config.scenario} {np.mean(inf_row):.4f}"
         progress.task_done(line)
     progress.close()
+    scalars.close()
     res = _results(config, rows, wall, bank, None)
     results.write_results(workdir, res)
     plots.write_plots(res, workdir)

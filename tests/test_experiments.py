@@ -142,3 +142,14 @@ def test_other_config_or_corrupt_checkpoint_is_an_error(tmp_path, fashion_mnist)
     with pytest.raises(CheckpointError, match="corrupt"):
         train_and_evaluate(config, tmp_path)
     json.dumps(results.load_results(tmp_path))  # results stay readable
+
+
+def test_tensorboard_scalars_when_installed(tmp_path, fashion_mnist):
+    pytest.importorskip("tensorboardX")  # a requirement; optional for users
+    config = _config("main_fashion", "tiny")
+    config.num_tasks = 2
+    config.tensorboard = True
+    train_and_evaluate(config, tmp_path)
+    events = os.listdir(tmp_path / "tensorboard")
+    assert any(e.startswith("events.out.tfevents") for e in events)
+    assert os.path.getsize(tmp_path / "tensorboard" / events[0]) > 100

@@ -55,6 +55,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_at = []  # tasks-learned counts to evaluate at; empty: after every task
     c.nns = ml_collections.ConfigDict({"decide_every": 100, "eps": 2.0**-3, "budget": 2500})
     c.quiet = False
+    c.tensorboard = True  # scalars in WORKDIR/tensorboard when tensorboardX is installed
     return c
 
 
