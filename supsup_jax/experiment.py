@@ -253,10 +253,11 @@ def _run_tasks(config, workdir, stream, trainer, ckpts):
     start, meta = _resume_meta(config, ckpts)
     rows: dict[str, dict] = {}
     wall: list[float] = []
+    right_after: list[float] = []  # GG accuracy of each task right after learning it
     if meta is not None:
         state = ckpts.restore_state(start, {"bank": bank, "running_mean": running_mean})
         bank, running_mean = state["bank"], state["running_mean"]
-        rows, wall = meta["rows"], meta["wall"]
+        rows, wall, right_after = meta["rows"], meta["wall"], meta["right_after"]
     how = None
     if config.scenario in ("GNu", "GNs"):
         how = scenarios.TaskInference(config.inference.method, config.inference.objective,
@@ -293,20 +294,24 @@ def _run_tasks(config, workdir, stream, trainer, ckpts):
         del state  # the optimiser state never outlives its task
         if t + 1 in points:
             rows[str(t)] = _evaluate_row(config, trainer, bank, t, test_set, how, has_bn)
+            right_after.append(rows[str(t)]["gg"][t])
+        else:
+            x, y = test_set(t)
+            stats = bank.task_batch_stats(t) if has_bn else {}
+            right_after.append(float(trainer.evaluate(bank.task_masks(t), stats, x, y)))
         wall.append(time.perf_counter() - t0)
-        meta = {"config": _comparable(config), "rows": rows, "wall": wall}
+        meta = {"config": _comparable(config), "rows": rows, "wall": wall,
+                "right_after": right_after}
         ckpts.save(t + 1, {"bank": bank, "running_mean": running_mean}, meta)
         res = _results(config, rows, wall, bank, None)
         results.write_results(workdir, res)
         scalars.write(t + 1, {"train/steps_per_second": steps / wall[-1],
                               **_row_scalars(rows.get(str(t)), t)})
-        gg_row = rows.get(str(t), {}).get("gg")
-        line = f"task {t}: {steps / wall[-1]:.0f} steps/s"
-        if gg_row is not None:
-            line += f", GG {gg_row[t]:.4f}, mean over learned {np.mean(gg_row):.4f}"
-            inf_row = rows[str(t)].get("inferred")
-            if inf_row is not None:
-                line += f", {config.scenario} {np.mean(inf_row):.4f}"
+        line = (f"task {t}: {steps / wall[-1]:.0f} steps/s, GG {right_after[-1]:.4f}, "
+                f"running average {np.mean(right_after):.4f}")
+        inf_row = rows.get(str(t), {}).get("inferred")
+        if inf_row is not None:
+            line += f", {config.scenario} over learned {np.mean(inf_row):.4f}"
         progress.task_done(line)
     progress.close()
     scalars.close()
