@@ -287,6 +287,8 @@ def _run_tasks(config, workdir, stream, trainer, ckpts):
         state = trainer.train_task(state, task.train_images, task.train_labels,
                                    _key(config, 1, t), steps, config.batch_size,
                                    on_chunk=lambda s, m, bar=bar: bar.update(s - bar.n))
+        jax.block_until_ready(state.scores)
+        train_secs = time.perf_counter() - t0
         bar.close()
         if config.transfer:
             running_mean = train_lib.update_running_mean(running_mean, t, state.scores)
@@ -305,9 +307,9 @@ def _run_tasks(config, workdir, stream, trainer, ckpts):
         ckpts.save(t + 1, {"bank": bank, "running_mean": running_mean}, meta)
         res = _results(config, rows, wall, bank, None)
         results.write_results(workdir, res)
-        scalars.write(t + 1, {"train/steps_per_second": steps / wall[-1],
+        scalars.write(t + 1, {"train/steps_per_second": steps / train_secs,
                               **_row_scalars(rows.get(str(t)), t)})
-        line = (f"task {t}: {steps / wall[-1]:.0f} steps/s, GG {right_after[-1]:.4f}, "
+        line = (f"task {t}: {steps / train_secs:.0f} steps/s, GG {right_after[-1]:.4f}, "
                 f"running average {np.mean(right_after):.4f}")
         inf_row = rows.get(str(t), {}).get("inferred")
         if inf_row is not None:

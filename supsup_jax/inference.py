@@ -46,6 +46,7 @@ __all__ = [
     "first_m_weights",
     "g_objective",
     "gradient_descent",
+    "halve",
     "make_objective",
     "one_shot",
     "uniform_alpha",
@@ -130,6 +131,14 @@ def one_shot(network, params, bank, x, weights, objective) -> jax.Array:
     return jnp.argmin(jnp.where(bank.learned(), g, jnp.inf)).astype(jnp.int32)
 
 
+def halve(alive: jax.Array, g: jax.Array) -> jax.Array:
+    """Keep the ``ceil(n/2)`` alive tasks with the smallest gradient (ties by index)."""
+    n = jnp.sum(alive)
+    order = jnp.argsort(jnp.where(alive, g, jnp.inf), stable=True)
+    rank = jnp.zeros_like(order).at[order].set(jnp.arange(order.size, dtype=order.dtype))
+    return alive & (rank < (n + 1) // 2)
+
+
 def binary(network, params, bank, x, weights, objective) -> jax.Array:
     """Binary (SPEC 1.6): halve the candidates by their gradient until exactly one remains.
 
@@ -144,11 +153,7 @@ def binary(network, params, bank, x, weights, objective) -> jax.Array:
     def body(alive):
         _, g = alpha_gradient(network, params, bank, uniform_alpha(bank, alive), x, weights,
                               objective)
-        n = jnp.sum(alive)
-        key = jnp.where(alive, g, jnp.inf)
-        order = jnp.argsort(key, stable=True)
-        rank = jnp.zeros_like(order).at[order].set(jnp.arange(order.size, dtype=order.dtype))
-        return alive & (rank < (n + 1) // 2)
+        return halve(alive, g)
 
     alive = jax.lax.while_loop(cond, body, bank.learned())
     return jnp.argmax(alive).astype(jnp.int32)
