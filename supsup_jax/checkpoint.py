@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 __all__ = ["CheckpointError", "RunCheckpoints"]
@@ -26,9 +27,15 @@ class RunCheckpoints:
 
     def __init__(self, workdir: str | os.PathLike, max_to_keep: int = 2):
         self.directory = os.path.join(os.path.abspath(os.fspath(workdir)), "checkpoints")
+        # Every process reads on its own (so all resume at the same task) and only process 0
+        # saves: no cross-process barriers inside orbax. The workdir must be shared by the hosts.
+        pid = jax.process_index()
+        os.makedirs(self.directory, exist_ok=True)
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, enable_async_checkpointing=False, create=True,
-            cleanup_tmp_directories=True)
+            max_to_keep=max_to_keep, enable_async_checkpointing=False, create=False,
+            cleanup_tmp_directories=pid == 0,
+            multiprocessing_options=ocp.options.MultiprocessingOptions(
+                primary_host=pid, active_processes={pid}))
         self._manager = ocp.CheckpointManager(self.directory, options=options,
                                               item_names=("state", "meta"))
 
@@ -36,7 +43,12 @@ class RunCheckpoints:
         return self._manager.latest_step()
 
     def save(self, step: int, state: Any, meta: dict) -> None:
-        """Write checkpoint ``step`` (synchronously, so it is durable when this returns)."""
+        """Write checkpoint ``step`` (synchronously, so it is durable when this returns); a
+        no-op on every process but 0."""
+        if jax.process_index() != 0:
+            return
+        # As host numpy arrays: in a multi-process run orbax refuses process-local jax.Arrays.
+        state = jax.tree.map(np.asarray, state)
         self._manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
         self._manager.wait_until_finished()
@@ -52,11 +64,11 @@ class RunCheckpoints:
 
     def restore_state(self, step: int, abstract_state: Any) -> Any:
         """Restore the ``state`` item into the structure and shapes of ``abstract_state``."""
-        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+        target = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), abstract_state)
         try:
             out = self._manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(target)))
-            return out["state"]
+            return jax.tree.map(jax.numpy.asarray, out["state"])
         except Exception as e:
             raise CheckpointError(f"checkpoint {step} in {self.directory} is corrupt or does "
                                   f"not match this run ({type(e).__name__}: {e})") from e

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from supsup_jax import bank as bank_lib
 from supsup_jax import checkpoint as ckpt_lib
-from supsup_jax import masking, metrics, models, nns, plots, results, scenarios
+from supsup_jax import distributed, masking, metrics, models, nns, plots, results, scenarios
 from supsup_jax import train as train_lib
 from supsup_jax.data import (
     DATASET_STATS,
@@ -149,6 +149,7 @@ class _Progress:
     start: int
 
     def __post_init__(self):
+        self.quiet = self.quiet or not distributed.is_primary()
         self.tasks = tqdm(total=self.num_tasks, initial=self.start, desc="tasks", unit="task",
                           disable=self.quiet, dynamic_ncols=True)
 
@@ -265,7 +266,7 @@ def _run_tasks(config, workdir, stream, trainer, ckpts):
                                       per_example=config.inference.per_example)
     points = _eval_points(config)
     progress = _Progress(config.quiet, num, start)
-    scalars = _Scalars(workdir, config.get("tensorboard", False))
+    scalars = _Scalars(workdir, config.get("tensorboard", False) and distributed.is_primary())
     test_cache: dict[int, Any] = {}
 
     def test_set(i):
@@ -306,7 +307,8 @@ def _run_tasks(config, workdir, stream, trainer, ckpts):
                 "right_after": right_after}
         ckpts.save(t + 1, {"bank": bank, "running_mean": running_mean}, meta)
         res = _results(config, rows, wall, bank, None)
-        results.write_results(workdir, res)
+        if distributed.is_primary():
+            results.write_results(workdir, res)
         scalars.write(t + 1, {"train/steps_per_second": steps / train_secs,
                               **_row_scalars(rows.get(str(t)), t)})
         line = (f"task {t}: {steps / train_secs:.0f} steps/s, GG {right_after[-1]:.4f}, "
@@ -318,8 +320,9 @@ def _run_tasks(config, workdir, stream, trainer, ckpts):
     progress.close()
     scalars.close()
     res = _results(config, rows, wall, bank, None)
-    results.write_results(workdir, res)
-    plots.write_plots(res, workdir)
+    if distributed.is_primary():
+        results.write_results(workdir, res)
+        plots.write_plots(res, workdir)
     return res
 
 
@@ -445,13 +448,15 @@ def _run_nns(config, workdir, stream, trainer, ckpts):
                 "decisions": learner.decisions}
         ckpts.save(t + 1, {"bank": learner.bank, "states": learner.states}, meta)
         res = _results(config, rows, wall, learner.bank, learner.num_masks)
-        results.write_results(workdir, res)
+        if distributed.is_primary():
+            results.write_results(workdir, res)
         progress.task_done(f"task {t}: {steps / wall[-1]:.0f} steps/s, masks allocated "
                            f"{learner.num_masks}")
     progress.close()
     res = _results(config, rows, wall, learner.bank, learner.num_masks)
-    results.write_results(workdir, res)
-    plots.write_plots(res, workdir)
+    if distributed.is_primary():
+        results.write_results(workdir, res)
+        plots.write_plots(res, workdir)
     return res
 
 

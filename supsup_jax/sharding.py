@@ -45,8 +45,9 @@ def make_mesh(shape: Sequence[int], names: Sequence[str]) -> jax.sharding.Mesh:
 
 
 def data_parallel_train_step(trainer: train_lib.Trainer, mesh, axis: str = "data"):
-    """A jitted ``step(params, state, images, labels, key) -> (state, metrics)`` whose batch is
-    sharded over ``axis``; it equals :meth:`Trainer.train_step` on the whole batch.
+    """A jitted ``step(params, state, images, labels, key_data) -> (state, metrics)`` whose batch
+    is sharded over ``axis``; it equals :meth:`Trainer.train_step` on the whole batch with key
+    ``jax.random.wrap_key_data(key_data)`` (raw key data, so that it can be a global array).
 
     BatchNorm running statistics are averaged over the devices (``pmean``); the normalisation
     itself uses each device's batch statistics, as standard data parallelism does, so BN networks
@@ -54,8 +55,8 @@ def data_parallel_train_step(trainer: train_lib.Trainer, mesh, axis: str = "data
     """
     n = mesh.shape[axis]
 
-    def local(params, state, images, labels, key):
-        x = trainer.preprocess(images, key, True)
+    def local(params, state, images, labels, key_data):
+        x = trainer.preprocess(images, jax.random.wrap_key_data(key_data), True)
         global_batch = images.shape[0] * n
 
         def loss_fn(scores):
@@ -80,10 +81,10 @@ def data_parallel_train_step(trainer: train_lib.Trainer, mesh, axis: str = "data
     batch = NamedSharding(mesh, P(axis))
 
     @jax.jit
-    def run(params, state, images, labels, key):
+    def run(params, state, images, labels, key_data):
         images = jax.lax.with_sharding_constraint(images, batch)
         labels = jax.lax.with_sharding_constraint(labels, batch)
-        return step(params, state, images, labels, key)
+        return step(params, state, images, labels, key_data)
 
     return run
 

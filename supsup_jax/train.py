@@ -317,6 +317,9 @@ class Trainer:
         params = self.network.params if params is None else params
         self._check_data(images, labels)
         masking.check_scores(self.weights, state.scores)
+        if jax.process_count() > 1:
+            return self._train_task_multiprocess(state, images, labels, key, num_steps,
+                                                 batch_size, start_step, params, on_chunk)
         iterator = BatchIterator(len(labels), batch_size, key)
         in_memory = isinstance(images, np.ndarray | jax.Array)
         if in_memory:
@@ -337,6 +340,41 @@ class Trainer:
             if on_chunk is not None:
                 on_chunk(step, metrics)
         return state
+
+    def _train_task_multiprocess(self, state, images, labels, key, num_steps, batch_size,
+                                 start_step, params, on_chunk):
+        # Data parallel over every device of every process (supsup_jax.distributed). Process p
+        # of P trains on its own examples, rows p::P, drawing batch_size / P of them per step
+        # from its own shuffle; the global batch is their concatenation.
+        from jax.sharding import NamedSharding
+        from jax.sharding import PartitionSpec as P
+
+        from supsup_jax import sharding
+
+        nproc, pid = jax.process_count(), jax.process_index()
+        if batch_size % jax.device_count():
+            raise ValueError(f"batch size {batch_size} is not a multiple of the "
+                             f"{jax.device_count()} devices of this multi-process run")
+        mesh = sharding.make_mesh((jax.device_count(),), ("data",))
+        if getattr(self, "_dp_mesh", None) != mesh:
+            self._dp_mesh, self._dp_step = mesh, sharding.data_parallel_train_step(self, mesh)
+        replicated, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+        to_global = lambda tree, s: jax.tree.map(  # noqa: E731
+            lambda a: jax.make_array_from_process_local_data(s, np.asarray(a)), tree)
+        mine = np.arange(pid, len(labels), nproc)
+        iterator = BatchIterator(len(mine), batch_size // nproc, jax.random.fold_in(key, pid))
+        gparams, gstate = to_global(params, replicated), to_global(state, replicated)
+        labels = np.asarray(labels)
+        for step in range(start_step, start_step + num_steps):
+            idx = mine[iterator.indices(step)]
+            x = to_global(np.asarray(images[idx]), rows)
+            y = to_global(labels[idx].astype(np.int32), rows)
+            kd = to_global(jax.random.key_data(jax.random.fold_in(key, step)), replicated)
+            gstate, metrics = self._dp_step(gparams, gstate, x, y, kd)
+            if on_chunk is not None and (step + 1 - start_step) % self.chunk_size == 0:
+                on_chunk(step + 1, metrics)
+        # Every process holds the same replicated state: continue with the local copy.
+        return jax.tree.map(lambda a: a.addressable_data(0), gstate)
 
     def masks(self, scores: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
         """The finished binary masks of a task, as bool arrays (1 byte per weight)."""

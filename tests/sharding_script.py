@@ -35,7 +35,7 @@ def check_data_parallel():
         mesh = sharding.make_mesh((4,), ("data",))
         step = sharding.data_parallel_train_step(trainer, mesh)
         many, m4 = step(net.params, trainer.init_task(jax.random.key(1)), jnp.asarray(images),
-                        jnp.asarray(labels), key)
+                        jnp.asarray(labels), jax.random.key_data(key))
         for p in one.scores:
             # The updates agree up to float32 summation order (4 partial sums vs one), except
             # where a pre-activation within rounding of 0 takes the other side of a ReLU (with

@@ -1,0 +1,35 @@
+"""A 2-process jax.distributed run on localhost: data-parallel training of two tasks, one
+results file written by process 0 only."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_train_two_tasks_and_write_one_results_file(tmp_path, fashion_mnist):
+    port = _free_port()
+    config = os.path.join(ROOT, "experiments", "configs", "main_fashion.py")
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "experiments.run", f"--config={config}:tiny",
+         "--config.num_tasks=2", f"--workdir={tmp_path}", f"--coordinator_address=127.0.0.1:{port}",
+         "--num_processes=2", f"--process_id={i}"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for i in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, out in zip(procs, outs, strict=True):
+        assert p.returncode == 0, out[-3000:]
+    assert "tasks learned" in outs[0] and "tasks learned" not in outs[1]
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["num_tasks"] == 2 and len(res["accuracy_matrix"]) == 2
+    assert min(res["accuracy_matrix"][1]) > 0.5  # both tasks learned (10 classes)
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1", "2"]
