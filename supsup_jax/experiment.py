@@ -297,11 +297,10 @@ def _run_tasks(config, workdir, stream, trainer, ckpts):
         del state  # the optimiser state never outlives its task
         if t + 1 in points:
             rows[str(t)] = _evaluate_row(config, trainer, bank, t, test_set, how, has_bn)
-            right_after.append(rows[str(t)]["gg"][t])
-        else:
-            x, y = test_set(t)
-            stats = bank.task_batch_stats(t) if has_bn else {}
-            right_after.append(float(trainer.evaluate(bank.task_masks(t), stats, x, y)))
+        else:  # only the new task: the diagonal R[t, t] that BWT and forgetting need
+            rows[str(t)] = _evaluate_row(config, trainer, bank, t, test_set, how, has_bn,
+                                         only=t)
+        right_after.append(rows[str(t)]["gg"][t])
         wall.append(time.perf_counter() - t0)
         meta = {"config": _comparable(config), "rows": rows, "wall": wall,
                 "right_after": right_after}
@@ -326,9 +325,15 @@ def _run_tasks(config, workdir, stream, trainer, ckpts):
     return res
 
 
-def _evaluate_row(config, trainer, bank, t, test_set, how, has_bn) -> dict:
+def _evaluate_row(config, trainer, bank, t, test_set, how, has_bn, only=None) -> dict:
+    """Row ``t`` of the accuracy matrices; with ``only=i`` just entry ``i`` (others None)."""
     gg, inferred, task_acc = [], [], []
     for i in range(t + 1):
+        if only is not None and i != only:
+            gg.append(None)
+            inferred.append(None)
+            task_acc.append(None)
+            continue
         x, y = test_set(i)
         stats = bank.task_batch_stats(i) if has_bn else {}
         gg.append(float(trainer.evaluate(bank.task_masks(i), stats, x, y)))
@@ -356,17 +361,16 @@ def _matrix(rows, num, key):
 
 
 def _summary(matrix):
-    """ACC, BWT and forgetting over the evaluated rows (restricted to full rows: the final)."""
+    """ACC, BWT and forgetting at the last fully evaluated row (see ``metrics``)."""
     if matrix is None:
         return None, None, None
     r = np.array([[np.nan if v is None else v for v in row] for row in matrix], np.float64)
-    last = max(t for t in range(len(r)) if not np.isnan(r[t, 0]))
-    acc = float(np.nanmean(r[last, : last + 1]))
-    # BWT and forgetting need the diagonal: only defined when every row up to `last` exists.
-    sub = r[: last + 1, : last + 1]
-    if np.isnan(np.tril(sub)).any():
-        return acc, None, None
-    return acc, metrics.backward_transfer(sub), metrics.forgetting(sub)
+    full = [t for t in range(len(r)) if not np.isnan(r[t, : t + 1]).any()]
+    if not full:
+        return None, None, None
+    sub = r[: full[-1] + 1, : full[-1] + 1]
+    return (metrics.average_accuracy(sub), metrics.backward_transfer(sub),
+            metrics.forgetting(sub))
 
 
 def _results(config, rows, wall, bank, masks_allocated) -> dict[str, Any]:
@@ -379,8 +383,8 @@ def _results(config, rows, wall, bank, masks_allocated) -> dict[str, Any]:
     gg_acc = _summary(gg)[0] if gg is not None else None
     tia = None
     if task_inf is not None:
-        last = max(int(t) for t in rows)
-        tia = float(np.mean(rows[str(last)]["task_inference"]))
+        full = [t for t, r in rows.items() if None not in r["task_inference"]]
+        tia = float(np.mean(rows[max(full, key=int)]["task_inference"])) if full else None
     learned = max(int(bank.num_tasks), 1)
     return {
         "config": config.to_dict() if hasattr(config, "to_dict") else dict(config),

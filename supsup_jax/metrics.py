@@ -1,7 +1,10 @@
 """Continual-learning metrics from the accuracy matrix, as pure functions (STYLE: name the variant).
 
 ``R[t, i]`` is the accuracy on task ``i`` after learning tasks ``0..t`` (``T x T``; entries above
-the diagonal, tasks not yet learned, are NaN and never read).
+the diagonal, tasks not yet learned, are NaN and never read). Long runs evaluate every learned
+task only at checkpoints: rows ``t < T-1`` may then hold just their diagonal ``R[t, t]`` (NaN
+elsewhere); the metrics need the diagonal and the last row, and forgetting's maximum runs over
+the entries that exist.
 """
 
 from __future__ import annotations
@@ -42,8 +45,8 @@ def _check(r: np.ndarray) -> np.ndarray:
     r = np.asarray(r, np.float64)
     if r.ndim != 2 or r.shape[0] != r.shape[1] or r.shape[0] == 0:
         raise ValueError(f"an accuracy matrix is square and non-empty, got shape {r.shape}")
-    if np.isnan(np.tril(r)).any():
-        raise ValueError("the accuracy matrix has NaN on or below the diagonal")
+    if np.isnan(np.diag(r)).any() or np.isnan(r[-1]).any():
+        raise ValueError("the accuracy matrix needs its diagonal and its last row")
     return r
 
 
@@ -76,7 +79,7 @@ def forgetting(r) -> float:
     t = r.shape[0]
     if t == 1:
         return 0.0
-    best = np.array([np.max(r[i:-1, i]) for i in range(t - 1)])
+    best = np.array([np.nanmax(r[i:-1, i]) for i in range(t - 1)])
     return float(np.mean(best - r[-1, :-1]))
 
 

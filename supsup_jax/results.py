@@ -139,16 +139,23 @@ def _matrices(results: Mapping[str, Any]) -> list[np.ndarray | None]:
     return [matrix(results, k) for k in MATRIX_KEYS]
 
 
-def evaluated_rows(results: Mapping[str, Any]) -> list[int]:
-    """The rows ``t`` with at least one defined cell on or below the diagonal in any matrix.
+def evaluated_rows(results: Mapping[str, Any], *, complete: bool = True) -> list[int]:
+    """The rows ``t`` evaluated on every learned task (cells ``0..t`` defined) in some matrix.
 
-    These are the checkpoints at which the run evaluated (after learning ``t + 1`` tasks).
+    These are the checkpoints at which the run evaluated (after learning ``t + 1`` tasks). With
+    ``complete=False``: every row with any defined cell, e.g. the diagonal ``R[t, t]`` that a
+    checkpointed run measures right after each task.
     """
     rows: set[int] = set()
     for m in _matrices(results):
         if m is not None:
             lower = np.where(np.tril(np.ones(m.shape, dtype=bool)), m, np.nan)
-            rows.update(int(t) for t in np.flatnonzero(~np.isnan(lower).all(axis=1)))
+            defined = ~np.isnan(lower)
+            if complete:
+                ok = [t for t in range(m.shape[0]) if defined[t, : t + 1].all()]
+            else:
+                ok = [int(t) for t in np.flatnonzero(defined.any(axis=1))]
+            rows.update(ok)
     return sorted(rows)
 
 
@@ -164,9 +171,11 @@ def _csv_text(results: Mapping[str, Any]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(CSV_HEADER)
-    for t in evaluated_rows(results):
+    for t in evaluated_rows(results, complete=False):
         for i in range(t + 1):
-            writer.writerow([t + 1, i, *(_cell(m, t, i) for m in mats)])
+            cells = [_cell(m, t, i) for m in mats]
+            if any(cells):
+                writer.writerow([t + 1, i, *cells])
     return buf.getvalue()
 
 

@@ -25,6 +25,12 @@ def test_average_accuracy_bwt_forgetting_by_hand():
     r = metrics.accuracy_matrix([[0.5], [0.9, 0.8], [0.6, 0.8, 0.7]])
     assert metrics.forgetting(r) == pytest.approx(((0.9 - 0.6) + 0.0) / 2)
     assert metrics.backward_transfer(r) == pytest.approx(((0.6 - 0.5) + 0.0) / 2)
+    # A row evaluated only on its diagonal (a checkpointed run): forgetting skips the gap.
+    gap = np.array([[0.9, np.nan, np.nan], [np.nan, 0.95, np.nan], [0.7, 0.85, 0.6]])
+    assert metrics.backward_transfer(gap) == pytest.approx(-0.15)
+    assert metrics.forgetting(gap) == pytest.approx(0.15)
+    with pytest.raises(ValueError, match="diagonal"):
+        metrics.backward_transfer(np.array([[0.9, np.nan], [np.nan, 0.5]]))
     single = metrics.accuracy_matrix([[0.8]])
     assert metrics.backward_transfer(single) == 0.0 and metrics.forgetting(single) == 0.0
 
