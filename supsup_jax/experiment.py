@@ -369,8 +369,10 @@ def _summary(matrix):
     if not full:
         return None, None, None
     sub = r[: full[-1] + 1, : full[-1] + 1]
-    return (metrics.average_accuracy(sub), metrics.backward_transfer(sub),
-            metrics.forgetting(sub))
+    acc = float(np.mean(sub[-1]))
+    if np.isnan(np.diag(sub)).any():  # e.g. NNs evaluated only at checkpoints
+        return acc, None, None
+    return acc, metrics.backward_transfer(sub), metrics.forgetting(sub)
 
 
 def _results(config, rows, wall, bank, masks_allocated) -> dict[str, Any]:

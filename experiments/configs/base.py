@@ -52,7 +52,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.inference = ml_collections.ConfigDict(
         {"method": "one_shot", "objective": "g", "m": 1, "per_example": False})
     c.test_batch_size = 128
-    c.eval_at = []  # tasks-learned counts to evaluate at; empty: after every task
+    c.eval_at = ()  # tasks-learned counts to evaluate at; empty: after every task
     c.nns = ml_collections.ConfigDict({"decide_every": 100, "eps": 2.0**-3, "budget": 2500})
     c.quiet = False
     c.tensorboard = True  # scalars in WORKDIR/tensorboard when tensorboardX is installed
@@ -84,6 +84,6 @@ def apply_common_variants(c, variants: set[str], known: set[str]) -> ml_collecti
         c.batch_size = 32
         c.max_train_examples = 2000
         c.max_eval_examples = 256
-        c.eval_at = []
+        c.eval_at = ()
         c.quiet = True
     return c

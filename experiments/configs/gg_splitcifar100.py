@@ -41,5 +41,5 @@ def get_config(variants: str | None = None):
     if "tiny" in v:
         c.num_tasks = 20  # the split is fixed at 20 tasks; tiny shrinks steps and data instead
         c.steps, c.batch_size, c.max_eval_examples = 4, 16, 64
-        c.eval_at = [20]
+        c.eval_at = (20,)
     return c

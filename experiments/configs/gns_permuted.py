@@ -13,5 +13,5 @@ def get_config(variants: str | None = None):
     c.name = "gns_permuted"
     c.scenario = "GNs"
     c.num_tasks = 250
-    c.eval_at = [10, 50, 100, 250]
+    c.eval_at = (10, 50, 100, 250)
     return apply_common_variants(c, parse_variants(variants), set())

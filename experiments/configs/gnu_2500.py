@@ -17,7 +17,7 @@ def get_config(variants: str | None = None):
     c.name = "gnu_2500"
     c.model, c.num_outputs = "lenet300_100", 500
     c.num_tasks = 2500
-    c.eval_at = [10, 500, 1000, 1500, 2000, 2500]
+    c.eval_at = (10, 500, 1000, 1500, 2000, 2500)
     c.inference.objective = "g" if "g" in v else "h"
     if "nns" in v:
         c.name = "nns_2500"

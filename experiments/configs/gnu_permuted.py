@@ -18,7 +18,7 @@ def get_config(variants: str | None = None):
     c = base_config()
     c.name = "gnu_permuted"
     c.num_tasks = 250
-    c.eval_at = [1, 5, 10, 25, 50, 100, 150, 200, 250]
+    c.eval_at = (1, 5, 10, 25, 50, 100, 150, 200, 250)
     if "lenet" in v:
         c.model, c.num_outputs = "lenet300_100", 100
         c.name += "_lenet"

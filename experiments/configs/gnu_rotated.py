@@ -16,5 +16,5 @@ def get_config(variants: str | None = None):
     c.inference.method = "binary"
     c.inference.objective = "h"
     c.inference.m = 128
-    c.eval_at = [2, 5, 10, 15, 20, 25, 30, 35, 36]
+    c.eval_at = (2, 5, 10, 15, 20, 25, 30, 35, 36)
     return apply_common_variants(c, parse_variants(variants), set())

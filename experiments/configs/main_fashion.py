@@ -14,5 +14,5 @@ def get_config(variants: str | None = None):
     c.name = "main_gnu_permuted_fashion_fc_g"
     c.dataset = "fashion_mnist"
     c.num_tasks = 20
-    c.eval_at = [1, 5, 10, 15, 20]
+    c.eval_at = (1, 5, 10, 15, 20)
     return apply_common_variants(c, parse_variants(variants), set())

@@ -18,5 +18,5 @@ def get_config(variants: str | None = None):
     c.inference.objective = "h" if "h" in v else "g"
     c.name = f"output_size_{c.model}_{c.num_outputs}_{c.inference.objective}"
     c.num_tasks = 250
-    c.eval_at = [10, 50, 100, 250]
+    c.eval_at = (10, 50, 100, 250)
     return apply_common_variants(c, v, {"s25", "s100", "s200", "fc", "h", "g"})
