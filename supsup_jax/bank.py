@@ -232,15 +232,38 @@ def _superpose_bwd(shapes, bits, ct):
 _superpose.defvjp(_superpose_fwd, _superpose_bwd)
 
 
-def superpose(alpha: jax.Array, bank: MaskBank) -> dict[str, jax.Array]:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _precomputed(alpha, bits, shapes, value):
+    del alpha, bits
+    return value
+
+
+def _precomputed_fwd(alpha, bits, shapes, value):
+    return value, bits
+
+
+def _precomputed_bwd(shapes, bits, ct):
+    g, zeros_bits = _superpose_bwd(shapes, bits, ct)
+    return g, zeros_bits, jax.tree.map(jnp.zeros_like, ct)
+
+
+_precomputed.defvjp(_precomputed_fwd, _precomputed_bwd)
+
+
+def superpose(alpha: jax.Array, bank: MaskBank, precomputed=None) -> dict[str, jax.Array]:
     """``{path: sum_i alpha_i M_i}`` (float32, weight shapes), differentiable in ``alpha``.
 
     Args:
       alpha: float32 ``[capacity]``; entries of empty slots should be 0.
+      precomputed: the value of ``superpose(alpha, bank)`` if the caller has it: with uniform
+        alpha it is the same for every batch, so One-Shot computes it once per bank and only
+        the backward contraction runs per batch.
 
     The gradient w.r.t. ``alpha`` is computed by :func:`contract` (``custom_vjp``), so neither
     pass builds a ``capacity x P`` float array.
     """
+    if precomputed is not None:
+        return _precomputed(alpha, bank.bits, bank.shapes, precomputed)
     return _superpose(alpha, bank.bits, bank.shapes)
 
 

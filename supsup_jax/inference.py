@@ -108,26 +108,34 @@ def uniform_alpha(bank: bank_lib.MaskBank, alive: jax.Array | None = None) -> ja
     return a / jnp.maximum(jnp.sum(a), 1.0)
 
 
-def superposed_logits(network: Network, params: Any, bank: bank_lib.MaskBank, alpha, x):
-    """``f(x; W * sum_i alpha_i M_i)`` (paper Eq. 2); ``x`` float ``[B, *input_shape]``."""
-    masks = bank_lib.superpose(alpha, bank)
+def superposed_logits(network: Network, params: Any, bank: bank_lib.MaskBank, alpha, x,
+                      superposed=None):
+    """``f(x; W * sum_i alpha_i M_i)`` (paper Eq. 2); ``x`` float ``[B, *input_shape]``.
+    ``superposed``: the precomputed ``sum_i alpha_i M_i`` (see ``bank.superpose``)."""
+    masks = bank_lib.superpose(alpha, bank, superposed)
     train = bool(jax.tree.leaves(network.batch_stats))
     logits, _ = network.apply(masking.mask_params(params, masks), network.batch_stats, x, train)
     return logits
 
 
-def alpha_gradient(network, params, bank, alpha, x, weights, objective: Objective):
+def alpha_gradient(network, params, bank, alpha, x, weights, objective: Objective,
+                   superposed=None):
     """``(objective, d objective / d alpha)`` at ``alpha``; the gradient is float32 ``[capacity]``.
 
     Per layer ``g_i = <M_i, dL/dW_eff * W>`` (SPEC 6), computed from the packed bits.
+    ``superposed`` optionally gives the precomputed ``sum_i alpha_i M_i``.
     """
-    f = lambda a: objective(superposed_logits(network, params, bank, a, x), weights)
+    f = lambda a: objective(superposed_logits(network, params, bank, a, x, superposed), weights)
     return jax.value_and_grad(f)(alpha)
 
 
-def one_shot(network, params, bank, x, weights, objective) -> jax.Array:
-    """One-Shot (Eq. 4): ``argmin_i dH/dalpha_i`` at uniform alpha, over learned tasks only."""
-    _, g = alpha_gradient(network, params, bank, uniform_alpha(bank), x, weights, objective)
+def one_shot(network, params, bank, x, weights, objective, *, superposed=None) -> jax.Array:
+    """One-Shot (Eq. 4): ``argmin_i dH/dalpha_i`` at uniform alpha, over learned tasks only.
+
+    ``superposed``: ``bank.superpose(uniform_alpha(bank), bank)``, computed once per bank by
+    callers that infer many batches."""
+    _, g = alpha_gradient(network, params, bank, uniform_alpha(bank), x, weights, objective,
+                          superposed)
     return jnp.argmin(jnp.where(bank.learned(), g, jnp.inf)).astype(jnp.int32)
 
 

@@ -56,9 +56,13 @@ class TaskInference:
         if self.m < 1:
             raise ValueError(f"m (images that decide a batch) must be >= 1, got {self.m}")
 
-    def infer(self, network: Network, params, bank, x, valid) -> jax.Array:
-        """int32 task per batch (``[]``) or per example (``[B]``) for float inputs ``x``."""
+    def infer(self, network: Network, params, bank, x, valid, superposed=None) -> jax.Array:
+        """int32 task per batch (``[]``) or per example (``[B]``) for float inputs ``x``.
+
+        ``superposed``: for One-Shot, the uniform superposition computed once per bank."""
         method = inference.METHODS[self.method]
+        if superposed is not None:
+            method = functools.partial(method, superposed=superposed)
         objective = inference.make_objective(self.objective, self.num_real)
         if self.per_example:
             one = lambda xi: method(network, params, bank, xi[None], jnp.ones((1,)), objective)
@@ -71,12 +75,15 @@ class TaskInference:
 def _evaluate_batches(params, bank, images, labels, true_task, *, network, how, preprocess,
                       shared_labels):
     has_bn = bool(jax.tree.leaves(network.batch_stats))
+    # With uniform alpha the superposed mask is the same for every batch: compute it once.
+    superposed = (bank_lib.superpose(inference.uniform_alpha(bank), bank)
+                  if how.method == "one_shot" else None)
 
     def one(batch):
         x_u8, y = batch
         valid = y >= 0
         x = preprocess(x_u8, None, False)
-        task = how.infer(network, params, bank, x, valid)
+        task = how.infer(network, params, bank, x, valid, superposed)
 
         def logits_for(t, xs):
             stats = bank.task_batch_stats(t) if has_bn else network.batch_stats

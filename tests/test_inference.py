@@ -185,3 +185,18 @@ def test_adding_a_task_does_not_recompile_inference(trained):
     assert int(grown.num_tasks) == 4 and grown.capacity == bank.capacity
     scenarios.evaluate_unknown_task(net, grown, *args)
     assert scenarios._evaluate_batches._cache_size() == compiled
+
+
+def test_precomputed_uniform_superposition_gives_the_same_gradient(trained):
+    net, bank, tasks, preprocess, _ = trained
+    x = _x(tasks, preprocess, 1, 32)
+    w = inference.first_m_weights(32, 1)
+    obj = inference.make_objective("g", 10)
+    alpha = inference.uniform_alpha(bank)
+    sup = bank_lib.superpose(alpha, bank)
+    v1, g1 = inference.alpha_gradient(net, net.params, bank, alpha, x, w, obj)
+    v2, g2 = inference.alpha_gradient(net, net.params, bank, alpha, x, w, obj, superposed=sup)
+    assert float(v1) == float(v2)
+    np.testing.assert_array_equal(np.asarray(g1), np.asarray(g2))
+    assert int(inference.one_shot(net, net.params, bank, x, w, obj, superposed=sup)) == int(
+        inference.one_shot(net, net.params, bank, x, w, obj))
