@@ -113,6 +113,15 @@ class MaskBank:
             raise ValueError("batch_stats do not match the bank's BatchNorm statistics")
         return _write(bank, packed, stats)
 
+    def set_task(self, slot: int, masks: Mapping[str, Any], batch_stats: Any = None) -> MaskBank:
+        """A new bank whose learned slot ``slot`` holds ``masks`` (e.g. a mask still training,
+        as in NNs). Changes no shape, so it never recompiles."""
+        _check_masks(self, masks)
+        if not 0 <= slot < int(self.num_tasks):
+            raise IndexError(f"slot {slot} is outside the {int(self.num_tasks)} learned tasks")
+        stats = batch_stats if batch_stats is not None else {}
+        return _write_slot(self, pack_masks(masks), stats, jnp.int32(slot))
+
     def grow(self, capacity: int) -> MaskBank:
         """The same bank with a longer task axis (new slots empty)."""
         if capacity < self.capacity:
@@ -146,9 +155,14 @@ def pack_masks(masks: Mapping[str, Any]) -> dict[str, jax.Array]:
 @jax.jit
 def _write(bank: MaskBank, packed, stats) -> MaskBank:
     i = bank.num_tasks
-    bits = {p: bank.bits[p].at[i].set(packed[p]) for p in bank.bits}
-    new_stats = jax.tree.map(lambda s, x: s.at[i].set(x), bank.batch_stats, stats)
-    return dataclasses.replace(bank, bits=bits, batch_stats=new_stats, num_tasks=i + 1)
+    return dataclasses.replace(_write_slot(bank, packed, stats, i), num_tasks=i + 1)
+
+
+@jax.jit
+def _write_slot(bank: MaskBank, packed, stats, slot) -> MaskBank:
+    bits = {p: bank.bits[p].at[slot].set(packed[p]) for p in bank.bits}
+    new_stats = jax.tree.map(lambda s, x: s.at[slot].set(x), bank.batch_stats, stats)
+    return dataclasses.replace(bank, bits=bits, batch_stats=new_stats)
 
 
 def _check_masks(bank: MaskBank, masks: Mapping[str, Any]) -> None:

@@ -114,7 +114,6 @@ class NNsLearner:
         net = self.trainer.network
         self._novelty = jax.jit(lambda params, bank, refs, n_ref, x: novelty(
             net, params, bank, refs, n_ref, x, self._objective, self.eps))
-        self._write = jax.jit(_write_slot)
 
     @property
     def num_masks(self) -> int:
@@ -145,8 +144,7 @@ class NNsLearner:
         return slot
 
     def _store(self, slot: int) -> None:
-        packed = bank_lib.pack_masks(self.trainer.masks(self.states[slot].scores))
-        self.bank = self._write(self.bank, packed, jnp.int32(slot))
+        self.bank = self.bank.set_task(slot, self.trainer.masks(self.states[slot].scores))
 
     def learn_block(self, images: np.ndarray, labels: np.ndarray) -> int | None:
         """One block of training batches, uint8 ``[c, B, *input_shape]`` and ``[c, B]``: decide
@@ -161,7 +159,3 @@ class NNsLearner:
         self._store(slot)
         return slot
 
-
-def _write_slot(bank: bank_lib.MaskBank, packed, slot) -> bank_lib.MaskBank:
-    bits = {p: bank.bits[p].at[slot].set(packed[p]) for p in bank.bits}
-    return dataclasses.replace(bank, bits=bits)

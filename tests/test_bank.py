@@ -104,3 +104,15 @@ def test_bad_masks():
         bank.add({"a/kernel": np.ones((13, 7), bool)})
     with pytest.raises(ValueError, match="has shape"):
         bank.add({"a/kernel": np.ones((7, 13), bool), "b/kernel": np.ones((3, 3, 2, 5), bool)})
+
+
+def test_set_task_overwrites_one_learned_slot():
+    bank, masks = _bank(3, capacity=4)
+    new = _random_masks(99)
+    bank2 = bank.set_task(1, new)
+    for p in SHAPES:
+        np.testing.assert_array_equal(np.asarray(bank2.task_masks(1)[p]), new[p])
+        np.testing.assert_array_equal(np.asarray(bank2.task_masks(2)[p]), masks[2][p])
+    assert int(bank2.num_tasks) == 3
+    with pytest.raises(IndexError, match="outside the 3 learned"):
+        bank.set_task(3, new)
