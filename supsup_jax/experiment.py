@@ -30,6 +30,7 @@ from supsup_jax import train as train_lib
 from supsup_jax.data import (
     DATASET_STATS,
     BatchIterator,
+    LazySubset,
     PermutedStream,
     RotatedStream,
     SplitStream,
@@ -64,6 +65,14 @@ def _make_stream(config):
                          train_labels=cut(ds.train_labels, ntr),
                          test_images=cut(ds.test_images, nte),
                          test_labels=cut(ds.test_labels, nte))
+    if jax.process_count() > 1:
+        # Each process keeps only its shard of the training examples (rows p::P); every process
+        # evaluates on the whole test set.
+        p, n = jax.process_index(), jax.process_count()
+        rows = np.arange(p, len(ds.train_labels), n)
+        images = (ds.train_images[rows] if isinstance(ds.train_images, np.ndarray)
+                  else LazySubset(ds.train_images, rows))  # ImageNet: decode only this shard
+        ds = ds._replace(train_images=images, train_labels=ds.train_labels[rows])
     kind = config.stream
     if kind == "permuted":
         return PermutedStream(ds, config.num_tasks, seed=config.seed)

@@ -310,6 +310,8 @@ class Trainer:
     ) -> TaskState:
         """Train one task's scores for ``num_steps`` optimiser steps from ``start_step``.
 
+        In a multi-process run every process passes only its own shard of the examples.
+
         Batches are drawn by a :class:`BatchIterator` (reshuffled per epoch from ``key``, last
         partial batch dropped) from ``images`` (uint8 ``(N, *input_shape)``, in memory or a lazy
         source with ``__getitem__(indices)``) and ``labels`` (int ``(N,)``).
@@ -350,9 +352,10 @@ class Trainer:
     def _train_data_parallel(self, state, images, labels, key, num_steps, batch_size,
                              start_step, params, on_chunk):
         # Data parallel over every device of every process (supsup_jax.sharding). With several
-        # processes (supsup_jax.distributed), process p of P trains on its own examples, rows
-        # p::P, drawing batch_size / P of them per step from its own shuffle; the global batch
-        # is their concatenation. One process draws exactly the batches of the 1-device loop.
+        # processes (supsup_jax.distributed), `images`/`labels` are this process's own shard of
+        # the examples, and it draws batch_size / P of them per step from its own shuffle; the
+        # global batch is their concatenation. One process draws exactly the batches of the
+        # 1-device loop.
         from jax.sharding import NamedSharding
         from jax.sharding import PartitionSpec as P
 
@@ -368,13 +371,12 @@ class Trainer:
         replicated, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
         to_global = lambda tree, s: jax.tree.map(  # noqa: E731
             lambda a: jax.make_array_from_process_local_data(s, np.asarray(a)), tree)
-        mine = np.arange(pid, len(labels), nproc)
-        iterator = BatchIterator(len(mine), batch_size // nproc,
+        iterator = BatchIterator(len(labels), batch_size // nproc,
                                  jax.random.fold_in(key, pid) if nproc > 1 else key)
         gparams, gstate = to_global(params, replicated), to_global(state, replicated)
         labels = np.asarray(labels)
         for step in range(start_step, start_step + num_steps):
-            idx = mine[iterator.indices(step)]
+            idx = iterator.indices(step)
             x = to_global(np.asarray(images[idx]), rows)
             y = to_global(labels[idx].astype(np.int32), rows)
             kd = to_global(jax.random.key_data(jax.random.fold_in(key, step)), replicated)
