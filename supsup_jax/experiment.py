@@ -200,13 +200,17 @@ class _Scalars:
 
 
 def _row_scalars(row: dict | None, t: int) -> dict[str, float | None]:
+    """The new task's accuracies and, on rows that evaluated every learned task, their means."""
     if not row:
         return {}
-    out = {"gg/new_task": row["gg"][t], "gg/mean_learned": float(np.mean(row["gg"]))}
-    if row.get("inferred") is not None:
-        out["inferred/mean_learned"] = float(np.mean(row["inferred"]))
-    if row.get("task_inference") is not None:
-        out["task_inference/mean_learned"] = float(np.mean(row["task_inference"]))
+    out = {}
+    for key in ("gg", "inferred", "task_inference"):
+        values = row.get(key)
+        if values is None:
+            continue
+        out[f"{key}/new_task"] = values[t]
+        if None not in values:
+            out[f"{key}/mean_learned"] = float(np.mean(values))
     return out
 
 
@@ -322,7 +326,7 @@ def _run_tasks(config, workdir, stream, trainer, ckpts):
         line = (f"task {t}: {steps / train_secs:.0f} steps/s, GG {right_after[-1]:.4f}, "
                 f"running average {np.mean(right_after):.4f}")
         inf_row = rows.get(str(t), {}).get("inferred")
-        if inf_row is not None:
+        if inf_row is not None and None not in inf_row:  # a row that evaluated every task
             line += f", {config.scenario} over learned {np.mean(inf_row):.4f}"
         progress.task_done(line)
     progress.close()

@@ -153,3 +153,14 @@ def test_tensorboard_scalars_when_installed(tmp_path, fashion_mnist):
     events = os.listdir(tmp_path / "tensorboard")
     assert any(e.startswith("events.out.tfevents") for e in events)
     assert os.path.getsize(tmp_path / "tensorboard" / events[0]) > 100
+
+
+def test_tensorboard_with_checkpointed_evaluation(tmp_path, fashion_mnist):
+    # Rows between evaluation points hold only the new task's accuracy (regression: the
+    # scalars took the mean of a row with missing entries).
+    pytest.importorskip("tensorboardX")
+    config = _config("main_fashion", "tiny")
+    config.num_tasks, config.eval_at, config.tensorboard = 3, (3,), True
+    res = train_and_evaluate(config, tmp_path)
+    assert res["accuracy_matrix"][1][0] is None and res["accuracy_matrix"][1][1] is not None
+    assert res["backward_transfer"] is not None
