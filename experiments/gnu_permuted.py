@@ -22,11 +22,11 @@ import time
 import jax
 import numpy as np
 
-from experiments.common import normalization
 from supsup_jax import bank as bank_lib
 from supsup_jax import masking, models, scenarios
 from supsup_jax import train as train_lib
 from supsup_jax.data import PermutedStream, load_dataset
+from supsup_jax.experiment import input_statistics
 
 # (name, method, objective, m, shared labels)
 EVALS = [
@@ -71,7 +71,7 @@ def main(argv=None) -> dict:
     stream = PermutedStream(load_dataset(args.dataset, args.data_dir), args.num_tasks,
                             seed=args.seed)
     network = models.get_model(args.model, num_outputs=args.num_outputs, seed=args.seed)
-    preprocess = train_lib.make_preprocess(*normalization(args, stream))
+    preprocess = train_lib.make_preprocess(*input_statistics(args.normalization, stream))
     trainer = train_lib.Trainer(network, masking.make_mask_fn("threshold"),
                                 train_lib.make_optimizer("rmsprop", args.lr), preprocess)
     bank = bank_lib.MaskBank.create(trainer.weights, capacity=args.num_tasks)
