@@ -5,7 +5,9 @@ in the bit-packed bank, evaluate the learned tasks at the configured points (wit
 and inferred for GNu/GNs), then checkpoint. Re-running on the same workdir resumes after the last
 finished task; every random choice derives from ``(config.seed, task)``, so a resumed run's
 results equal an uninterrupted run's. Scenario NNs runs the unlabelled stream through
-:class:`~supsup_jax.nns.NNsLearner` instead.
+:class:`~supsup_jax.nns.NNsLearner` instead, and a baseline (``config.method``, one of
+:data:`supsup_jax.baselines.METHODS`; ``"supsup"`` when the field is absent) runs the same task
+loop over its own state (:func:`_run_baseline`).
 
 The workdir receives ``results.json``, ``accuracy.csv``, PNG plots and ``checkpoints/``.
 """
@@ -24,8 +26,18 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from supsup_jax import bank as bank_lib
+from supsup_jax import (
+    baselines,
+    distributed,
+    masking,
+    metrics,
+    models,
+    nns,
+    plots,
+    results,
+    scenarios,
+)
 from supsup_jax import checkpoint as ckpt_lib
-from supsup_jax import distributed, masking, metrics, models, nns, plots, results, scenarios
 from supsup_jax import train as train_lib
 from supsup_jax.data import (
     DATASET_STATS,
@@ -91,10 +103,39 @@ def _make_stream(config):
                      "split_cifar100 or split_imagenet")
 
 
+def _method(config) -> str:
+    return config.get("method", "supsup")
+
+
+def _check_method(config) -> None:
+    method = _method(config)
+    if method not in baselines.METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {baselines.METHODS}")
+    if method == "supsup":
+        if config.get("rand_w", False):
+            raise ValueError("rand_w is a baseline variant; SupSup's weights are always random")
+        return
+    if config.transfer:
+        raise ValueError(f"transfer (SupSup Transfer) does not apply to method {method!r}")
+    if config.scenario == "GNu" and method == "batche":
+        if config.inference.method != "one_shot" or config.inference.per_example:
+            raise ValueError("BatchE infers tasks with One-Shot per batch only (paper Fig. 5 "
+                             f"right), not {config.inference.method!r}")
+    elif config.scenario != "GG":
+        raise ValueError(f"method {method!r} runs in scenario GG (task given)"
+                         + (" or GNu with One-Shot" if method == "batche" else "")
+                         + f", not {config.scenario}")
+
+
 def build(config):
-    """The stream, network and trainer a config describes: ``(stream, trainer)``."""
+    """The stream, network and trainer a config describes: ``(stream, trainer)``.
+
+    The trainer is a :class:`~supsup_jax.train.Trainer` for SupSup, or a
+    :class:`~supsup_jax.baselines.MethodTrainer` for a baseline (``config.method``).
+    """
     if config.scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {config.scenario!r}; choose one of {SCENARIOS}")
+    _check_method(config)
     stream = _make_stream(config)
     if stream.num_tasks != config.num_tasks:
         raise ValueError(f"the {config.stream} stream has {stream.num_tasks} tasks, the config "
@@ -115,12 +156,23 @@ def build(config):
     mean, std = input_statistics(config.normalization, stream, input_shape[-1])
     steps = _steps_per_task(config, stream)
     steps_per_epoch = max(len(stream.task(0).train_labels) // config.batch_size, 1)
-    optimizer = train_lib.make_optimizer(
-        config.optimizer, config.lr, weight_decay=config.weight_decay,
-        momentum=config.momentum, schedule=config.schedule, steps_per_epoch=steps_per_epoch,
-        epochs=-(-steps // steps_per_epoch), warmup_epochs=config.get("warmup_epochs", 0))
-    trainer = train_lib.Trainer(network, mask_fn, optimizer,
-                                train_lib.make_preprocess(mean, std, stream.augment),
+
+    def make_optimizer(lr):
+        return train_lib.make_optimizer(
+            config.optimizer, lr, weight_decay=config.weight_decay,
+            momentum=config.momentum, schedule=config.schedule, steps_per_epoch=steps_per_epoch,
+            epochs=-(-steps // steps_per_epoch), warmup_epochs=config.get("warmup_epochs", 0))
+
+    preprocess = train_lib.make_preprocess(mean, std, stream.augment)
+    if _method(config) != "supsup":
+        method = baselines.make_method(
+            _method(config), network, config.num_tasks, rand_w=config.get("rand_w", False),
+            psp_context=config.get("psp_context", "orthogonal"), key=_key(config, 4))
+        lrs = {"lr": config.lr, "weight_lr": config.get("weight_lr", config.lr)}
+        return stream, baselines.MethodTrainer(method, make_optimizer, lrs, preprocess,
+                                               chunk_size=config.chunk_size)
+    optimizer = make_optimizer(config.lr)
+    trainer = train_lib.Trainer(network, mask_fn, optimizer, preprocess,
                                 chunk_size=config.chunk_size)
     return stream, trainer
 
@@ -246,7 +298,9 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
     stream, trainer = build(config)
     ckpts = ckpt_lib.RunCheckpoints(workdir)
     try:
-        if config.scenario == "NNs":
+        if _method(config) != "supsup":
+            out = _run_baseline(config, workdir, stream, trainer, ckpts)
+        elif config.scenario == "NNs":
             out = _run_nns(config, workdir, stream, trainer, ckpts)
         else:
             out = _run_tasks(config, workdir, stream, trainer, ckpts)
@@ -336,7 +390,7 @@ def _run_tasks(config, workdir, stream, trainer, ckpts):
         meta = {"config": _comparable(config), "rows": rows, "wall": wall,
                 "right_after": right_after}
         ckpts.save(t + 1, {"bank": bank, "running_mean": running_mean}, meta)
-        res = _results(config, rows, wall, bank, None)
+        res = _results(config, rows, wall, _bank_bytes(bank), None)
         if distributed.is_primary():
             results.write_results(workdir, res)
         scalars.write(t + 1, {"train/steps_per_second": steps / train_secs,
@@ -349,11 +403,105 @@ def _run_tasks(config, workdir, stream, trainer, ckpts):
         progress.task_done(line)
     progress.close()
     scalars.close()
-    res = _results(config, rows, wall, bank, None)
+    res = _results(config, rows, wall, _bank_bytes(bank), None)
     if distributed.is_primary():
         results.write_results(workdir, res)
         plots.write_plots(res, workdir)
     return res
+
+
+def _run_baseline(config, workdir, stream, trainer, ckpts):
+    """The task loop of a baseline (``config.method``, see :mod:`supsup_jax.baselines`): the same
+    steps, evaluation points, checkpoints and results as SupSup's :func:`_run_tasks`, with the
+    method's state and the per-task BN statistics (stacked on the task axis) in place of the bank.
+    """
+    num = config.num_tasks
+    steps = _steps_per_task(config, stream)
+    method = trainer.method
+    has_bn = bool(jax.tree.leaves(trainer.network.batch_stats))
+    state = {"method": method.init(_key(config, 5)),
+             "stats": baselines.core.stacked_zeros(trainer.network.batch_stats, num)}
+    start, meta = _resume_meta(config, ckpts)
+    rows: dict[str, dict] = {}
+    wall: list[float] = []
+    right_after: list[float] = []
+    if meta is not None:
+        # Saved as a flat list of leaves: orbax needs no knowledge of our path-keyed dicts.
+        leaves, treedef = jax.tree.flatten(state)
+        state = jax.tree.unflatten(treedef, ckpts.restore_state(start, leaves))
+        rows, wall, right_after = meta["rows"], meta["wall"], meta["right_after"]
+    how = None
+    if config.scenario == "GNu":
+        how = scenarios.TaskInference(config.inference.method, config.inference.objective,
+                                      num_real=stream.task(0).num_classes, m=config.inference.m)
+    points = _eval_points(config)
+    progress = _Progress(config.quiet, num, start)
+    scalars = _Scalars(workdir, config.get("tensorboard", False) and distributed.is_primary())
+    for t in range(start, num):
+        t0 = time.perf_counter()
+        task = stream.task(t)
+        bar = progress.steps(t, steps)
+        mstate, stats = trainer.train_task(
+            state["method"], t, task.train_images, task.train_labels, _key(config, 1, t), steps,
+            config.batch_size, on_chunk=lambda s, m, bar=bar: bar.update(s - bar.n))
+        jax.block_until_ready(mstate)
+        train_secs = time.perf_counter() - t0
+        bar.close()
+        state = {"method": mstate,
+                 "stats": baselines.core.put(state["stats"], t, stats) if has_bn else {}}
+        row = _evaluate_baseline_row(config, trainer, state, t, stream, how,
+                                     only=None if t + 1 in points else t)
+        rows[str(t)] = row
+        right_after.append(row["gg"][t])
+        wall.append(time.perf_counter() - t0)
+        meta = {"config": _comparable(config), "rows": rows, "wall": wall,
+                "right_after": right_after}
+        ckpts.save(t + 1, jax.tree.leaves(state), meta)
+        res = _results(config, rows, wall, method.stored_bytes(state["method"], t + 1) / (t + 1),
+                       None)
+        if distributed.is_primary():
+            results.write_results(workdir, res)
+        scalars.write(t + 1, {"train/steps_per_second": steps / train_secs,
+                              **_row_scalars(row, t)})
+        line = (f"task {t}: {steps / train_secs:.0f} steps/s, GG {right_after[-1]:.4f}, "
+                f"running average {np.mean(right_after):.4f}")
+        if None not in row["gg"]:
+            line += f", GG over learned {np.mean(row['gg']):.4f}"
+        progress.task_done(line)
+    progress.close()
+    scalars.close()
+    res = _results(config, rows, wall, method.stored_bytes(state["method"], max(len(wall), 1))
+                   / max(len(wall), 1), None)
+    if distributed.is_primary():
+        results.write_results(workdir, res)
+        plots.write_plots(res, workdir)
+    return res
+
+
+def _evaluate_baseline_row(config, trainer, state, t, stream, how, only=None) -> dict:
+    """Row ``t`` for a baseline: GG accuracy of tasks ``0..t`` with their own state and, for
+    BatchE in GNu, accuracy and task-inference accuracy with BatchE's One-Shot."""
+    has_bn = bool(jax.tree.leaves(trainer.network.batch_stats))
+    gg, inferred, task_acc = [], [], []
+    for i in range(t + 1):
+        if only is not None and i != only:
+            gg.append(None)
+            inferred.append(None)
+            task_acc.append(None)
+            continue
+        x, y = _test_data(config, stream, i)
+        stats = baselines.core.take(state["stats"], i) if has_bn else {}
+        gg.append(float(trainer.evaluate(state["method"], i, stats, x, y)))
+        if how is not None:
+            r = baselines.batche.evaluate_unknown_task(
+                trainer, state["method"], state["stats"], x, y, i, t + 1, how,
+                _key(config, 2, t, i), batch_size=config.test_batch_size)
+            inferred.append(r["accuracy"])
+            task_acc.append(r["task_accuracy"])
+    row = {"gg": gg}
+    if how is not None:
+        row.update(inferred=inferred, task_inference=task_acc)
+    return row
 
 
 def _evaluate_row(config, trainer, bank, t, test_set, how, has_bn, only=None) -> dict:
@@ -406,7 +554,13 @@ def _summary(matrix):
     return acc, metrics.backward_transfer(sub), metrics.forgetting(sub)
 
 
-def _results(config, rows, wall, bank, masks_allocated) -> dict[str, Any]:
+def _bank_bytes(bank) -> float:
+    """Bits of the learned tasks' masks (and their BN statistics) per task, not spare capacity."""
+    learned = max(int(bank.num_tasks), 1)
+    return bank.nbytes() * (learned / bank.capacity) / learned
+
+
+def _results(config, rows, wall, bytes_per_task, masks_allocated) -> dict[str, Any]:
     num = config.num_tasks
     gg = _matrix(rows, num, "gg")
     inferred = _matrix(rows, num, "inferred")
@@ -418,7 +572,6 @@ def _results(config, rows, wall, bank, masks_allocated) -> dict[str, Any]:
     if task_inf is not None:
         full = [t for t, r in rows.items() if None not in r["task_inference"]]
         tia = float(np.mean(rows[max(full, key=int)]["task_inference"])) if full else None
-    learned = max(int(bank.num_tasks), 1)
     return {
         "config": config.to_dict() if hasattr(config, "to_dict") else dict(config),
         "seed": config.seed,
@@ -434,8 +587,8 @@ def _results(config, rows, wall, bank, masks_allocated) -> dict[str, Any]:
         "gg_average_accuracy": gg_acc,
         "backward_transfer": bwt,
         "forgetting": fgt,
-        # Bits of the learned tasks' masks (and their BN statistics), not spare capacity.
-        "bytes_per_task": bank.nbytes() * (learned / bank.capacity) / learned,
+        "method": _method(config),
+        "bytes_per_task": bytes_per_task,
         "wall_time_per_task": list(wall),
         "masks_allocated": masks_allocated,
     }
@@ -484,13 +637,13 @@ def _run_nns(config, workdir, stream, trainer, ckpts):
                 "num_masks": learner.num_masks, "steps": learner.steps,
                 "decisions": learner.decisions}
         ckpts.save(t + 1, {"bank": learner.bank, "states": learner.states}, meta)
-        res = _results(config, rows, wall, learner.bank, learner.num_masks)
+        res = _results(config, rows, wall, _bank_bytes(learner.bank), learner.num_masks)
         if distributed.is_primary():
             results.write_results(workdir, res)
         progress.task_done(f"task {t}: {steps / wall[-1]:.0f} steps/s, masks allocated "
                            f"{learner.num_masks}")
     progress.close()
-    res = _results(config, rows, wall, learner.bank, learner.num_masks)
+    res = _results(config, rows, wall, _bank_bytes(learner.bank), learner.num_masks)
     if distributed.is_primary():
         results.write_results(workdir, res)
         plots.write_plots(res, workdir)

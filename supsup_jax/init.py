@@ -20,9 +20,11 @@ __all__ = [
     "fans",
     "kaiming_normal",
     "kaiming_uniform",
+    "pytorch_default",
     "score_init",
     "signed_kaiming_constant",
     "weight_init",
+    "xavier_normal",
 ]
 
 Initializer = Callable[..., jax.Array]
@@ -81,6 +83,24 @@ def kaiming_uniform(gain: float = RELU_GAIN, mode: str = "fan_in") -> Initialize
     return init
 
 
+def xavier_normal(gain: float = 1.0) -> Initializer:
+    """``N(0, gain^2 * 2 / (fan_in + fan_out))`` (PyTorch ``xavier_normal_``; PSP's init, SPEC
+    1.10)."""
+
+    def init(key, shape, dtype=jnp.float32):
+        fan_in, fan_out = fans(shape)
+        std = gain * math.sqrt(2.0 / (fan_in + fan_out))
+        return (jnp.float32(std) * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
+
+    return init
+
+
+def pytorch_default() -> Initializer:
+    """PyTorch's default conv/linear init, ``kaiming_uniform_(a=sqrt(5))``:
+    ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` (the BatchE Rand W weights, SPEC 1.10)."""
+    return kaiming_uniform(gain=math.sqrt(1.0 / 3.0))
+
+
 def score_init(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
     """Score initialiser ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` (SPEC 1.1, ``mask_init``).
 
@@ -94,6 +114,8 @@ WEIGHT_INITS: dict[str, Callable[[], Initializer]] = {
     "signed_constant": signed_kaiming_constant,
     "kaiming_normal": kaiming_normal,
     "kaiming_uniform": kaiming_uniform,
+    "xavier_normal": xavier_normal,
+    "pytorch_default": pytorch_default,
 }
 
 

@@ -1,0 +1,203 @@
+"""One figure of the paper with all its curves, from one command.
+
+    python -m experiments.compare --figure=permuted_fashion10 --workdir=runs/compare10
+
+runs every method of the figure through the runner (:func:`train_and_evaluate`, each into
+``WORKDIR/<method>``, so re-running resumes where it stopped and skips finished methods), then
+writes ``WORKDIR/comparison.png`` (mean accuracy over the learned tasks against tasks learned,
+one curve per method; GNu curves use the accuracy with the task inferred) and
+``WORKDIR/comparison.md`` (a markdown table). ``--only=a,b`` runs a subset; ``--tiny`` adds the
+``tiny`` variant to every config (a smoke test); ``--set FIELD=VALUE`` overrides a config field
+of every method (e.g. ``--set num_tasks=5``).
+
+Figures (SPEC 2.2):
+
+* ``permuted``: PermutedMNIST 250 tasks, FC 1024-1024: SupSup GNu (G and H) against BatchE GG
+  and PSP GG (paper Fig. 3 right); ``permuted_fashion``: its Fashion-MNIST twin;
+* ``permuted_fashion10``: the same on PermutedFashionMNIST with 10 tasks, evaluated at
+  1, 2, 4, 6, 8, 10 tasks (the measured gate in ``experiments/RESULTS.md``);
+* ``splitcifar100``: GG SplitCIFAR100 (paper Fig. 2 right): SupSup, SupSup Transfer, BatchE,
+  BatchE Rand W, separate heads, separate heads Rand W, upper bound, lower bound.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import os
+import pathlib
+import sys
+import time
+
+from absl import app, flags, logging
+
+from supsup_jax import plots, results
+from supsup_jax.experiment import train_and_evaluate
+
+_P = "experiments.configs.compare_permuted"
+_C = "experiments.configs.gg_splitcifar100"
+_TEN = {"num_tasks": 10, "eval_at": (1, 2, 4, 6, 8, 10)}
+
+# figure -> [(method label, config module, variants, field overrides)]
+FIGURES: dict[str, list[tuple[str, str, str, dict]]] = {
+    "permuted": [
+        ("supsup_gnu_g", _P, "supsup,g", {}),
+        ("supsup_gnu_h", _P, "supsup,h", {}),
+        ("batche_gg", _P, "batche", {}),
+        ("psp_gg", _P, "psp", {}),
+    ],
+    "permuted_fashion": [
+        ("supsup_gnu_g", _P, "supsup,g,fashion", {}),
+        ("supsup_gnu_h", _P, "supsup,h,fashion", {}),
+        ("batche_gg", _P, "batche,fashion", {}),
+        ("psp_gg", _P, "psp,fashion", {}),
+    ],
+    "permuted_fashion10": [
+        ("supsup_gnu_g", _P, "supsup,g,fashion", _TEN),
+        ("batche_gg", _P, "batche,fashion", _TEN),
+        ("psp_gg", _P, "psp,fashion", _TEN),
+    ],
+    "splitcifar100": [
+        ("supsup", _C, "er4", {}),
+        ("supsup_transfer", _C, "er4,transfer", {}),
+        ("batche", _C, "batche", {}),
+        ("batche_randw", _C, "batche,randw", {}),
+        ("separate_heads", _C, "separate_heads", {}),
+        ("separate_heads_randw", _C, "separate_heads,randw", {}),
+        ("upper_bound", _C, "upper_bound", {}),
+        ("lower_bound", _C, "lower_bound", {}),
+    ],
+}
+
+_FIGURE = flags.DEFINE_enum("figure", None, sorted(FIGURES), "which figure to produce")
+_WORKDIR = flags.DEFINE_string("workdir", None, "directory for the runs and the figure")
+_ONLY = flags.DEFINE_list("only", None, "run only these methods (labels of the figure)")
+_TINY = flags.DEFINE_bool("tiny", False, "add the tiny variant to every config")
+_SET = flags.DEFINE_multi_string("set", [], "FIELD=VALUE override for every method's config")
+flags.mark_flags_as_required(["figure", "workdir"])
+
+
+def method_config(module: str, variants: str, overrides: dict, tiny: bool = False,
+                  extra: dict | None = None):
+    """The config of one curve: ``module.get_config(variants)`` with field overrides."""
+    c = importlib.import_module(module).get_config(variants + (",tiny" if tiny else ""))
+    for field, value in {**overrides, **(extra or {})}.items():
+        if field not in c:
+            raise ValueError(f"{module} has no config field {field!r}")
+        if tiny and field in ("num_tasks", "eval_at"):
+            continue  # the tiny variant's own sizes win
+        setattr(c, field, value)
+    return c
+
+
+def _parse_set(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        field, sep, text = item.partition("=")
+        if not sep:
+            raise app.UsageError(f"--set expects FIELD=VALUE, got {item!r}")
+        try:
+            out[field] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            out[field] = text
+    return out
+
+
+def curve(res) -> tuple[list[int], list[float]]:
+    """(tasks learned, mean accuracy over the learned tasks) at every fully evaluated row, with
+    the task inferred for GNu/GNs runs and given for GG runs."""
+    key = ("inferred_accuracy_matrix" if res.get("inferred_accuracy_matrix") is not None
+           else "accuracy_matrix")
+    m = results.matrix(res, key)
+    xs, ys = [], []
+    for t in results.evaluated_rows(res):
+        mean = results.row_mean(m, t)
+        if mean is not None:
+            xs.append(t + 1)
+            ys.append(mean)
+    return xs, ys
+
+
+def plot_comparison(runs: dict[str, dict], path, title: str) -> pathlib.Path:
+    """All methods' curves in one axes; returns the PNG's path."""
+    fig = plots._new_figure((7.0, 4.5))
+    ax = fig.add_subplot()
+    for label, res in runs.items():
+        xs, ys = curve(res)
+        ax.plot(xs, ys, "o-", label=f"{label} ({res.get('scenario', '')})", markersize=3)
+    ax.set_xlabel("number of tasks learned")
+    plots._integer_ticks(ax.xaxis)
+    ax.set_ylabel("mean accuracy over learned tasks")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    if runs:
+        ax.legend(fontsize="small")
+    return plots._save(fig, path)
+
+
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
+def table(runs: dict[str, dict]) -> str:
+    """A markdown table: final accuracy, GG accuracy, task inference, forgetting, storage, time."""
+    lines = ["| Method | Scenario | Tasks | Accuracy (final row) | GG accuracy | Task inference "
+             "| Forgetting | Bytes per task | Wall time (s) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for label, res in runs.items():
+        xs, _ = curve(res)
+        wall = sum(v for v in res.get("wall_time_per_task") or [] if v is not None)
+        lines.append(
+            f"| {label} | {res.get('scenario')} | {xs[-1] if xs else '-'} "
+            f"| {_fmt(res.get('average_accuracy'))} | {_fmt(res.get('gg_average_accuracy'))} "
+            f"| {_fmt(res.get('task_inference_accuracy'))} | {_fmt(res.get('forgetting'))} "
+            f"| {res.get('bytes_per_task') or 0:,.0f} | {wall:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_figure(figure: str, workdir, *, only=None, tiny: bool = False,
+               extra: dict | None = None, quiet: bool = False) -> dict[str, dict]:
+    """Run (or resume) every method of ``figure`` into ``workdir/<label>``; write the figure
+    and the table; return ``{label: results}``."""
+    if figure not in FIGURES:
+        raise ValueError(f"unknown figure {figure!r}; choose one of {sorted(FIGURES)}")
+    specs = FIGURES[figure]
+    labels = [s[0] for s in specs]
+    unknown = set(only or []) - set(labels)
+    if unknown:
+        raise ValueError(f"figure {figure} has no methods {sorted(unknown)}; it has {labels}")
+    workdir = pathlib.Path(workdir)
+    runs = {}
+    for label, module, variants, overrides in specs:
+        if only and label not in only:
+            sub = workdir / label
+            if (sub / results.RESULTS_FILE).exists():  # keep finished curves in the figure
+                runs[label] = results.load_results(sub)
+            continue
+        config = method_config(module, variants, overrides, tiny, extra)
+        if quiet:
+            config.quiet = True
+        t0 = time.perf_counter()
+        runs[label] = train_and_evaluate(config, workdir / label)
+        if not quiet:
+            print(f"{label}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    plot_comparison(runs, workdir / "comparison.png", figure + (" (tiny)" if tiny else ""))
+    text = table(runs)
+    results.atomic_write(workdir / "comparison.md", lambda f: f.write(text))
+    return runs
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)
+    run_figure(_FIGURE.value, _WORKDIR.value, only=_ONLY.value, tiny=_TINY.value,
+               extra=_parse_set(_SET.value))
+    path = os.path.join(_WORKDIR.value, "comparison.md")
+    with open(path, encoding="utf-8") as f:
+        print(f.read())
+    print(f"figure: {_WORKDIR.value}/comparison.png; table: {path}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,341 @@
+"""What every baseline shares (SPEC 1.10): a method is a few pure functions over a state pytree,
+and one :class:`MethodTrainer` trains and evaluates any of them through the same runner.
+
+A method's ``state`` is a dict pytree. Shared arrays (the weights ``W``) have their own shape;
+per-task arrays (BatchE's fast weights, a head per task, a model per task) are stacked on a
+leading task axis of length ``num_tasks``, pre-allocated as the official code pre-allocates its
+``ParameterList``\\ s (SPEC 1.1), so adding task ``t`` is ``x.at[t].set(...)`` and no new Python
+structure. Parameters are *flat* dicts ``{path: array}`` keyed as :func:`masking.path_str` names
+a leaf (``"layers/0/kernel"``), so a method works on any :class:`~supsup_jax.models.Network`.
+
+For task ``t`` a method says
+
+* what is optimised: ``train_vars(state, t) -> {group: pytree}``, each group with its own
+  learning rate (``learning_rates(t) -> {group: "lr" | "weight_lr"}``), mirroring the official
+  ``train_weight_tasks`` / ``train_weight_lr`` split (SPEC 1.4 step 3);
+* what is read but held fixed: ``fixed_vars(state, t)``;
+* how the trained groups go back into the state: ``finish(state, trained, t)``;
+* what evaluating task ``t`` reads: ``eval_vars(state, t)``;
+
+and ``logits(vars, batch_stats, x, train)`` runs the network on the merged dict
+``{**fixed, **train}`` (or on ``eval_vars``). BatchNorm running statistics are per task
+(SPEC 1.3, as for SupSup) and kept by the trainer's caller, stacked on the task axis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from supsup_jax import masking
+from supsup_jax import train as train_lib
+from supsup_jax.data.iterator import BatchIterator
+from supsup_jax.models.network import Network
+
+__all__ = [
+    "FlatParams",
+    "Method",
+    "MethodTrainer",
+    "head_path",
+    "nbytes",
+    "stacked_zeros",
+]
+
+Params = Any
+Vars = dict[str, Any]
+
+
+class FlatParams:
+    """The bijection between a network's parameter pytree and a flat ``{path: leaf}`` dict."""
+
+    def __init__(self, params: Params):
+        leaves, self.treedef = jax.tree_util.tree_flatten_with_path(params)
+        self.paths = [masking.path_str(p) for p, _ in leaves]
+
+    def flatten(self, params: Params) -> dict[str, jax.Array]:
+        leaves = jax.tree_util.tree_leaves(params)
+        return dict(zip(self.paths, leaves, strict=True))
+
+    def unflatten(self, flat: Mapping[str, jax.Array]) -> Params:
+        missing = set(self.paths) - set(flat)
+        if missing:
+            raise KeyError(f"parameters missing from the flat dict: {sorted(missing)}")
+        return jax.tree_util.tree_unflatten(self.treedef, [flat[p] for p in self.paths])
+
+
+def head_path(network: Network) -> str:
+    """The output layer's kernel: the last rank-2 kernel in the parameters' flatten order, which
+    must have ``num_outputs`` columns (``layers/2/kernel`` of FC 1024-1024, ``head/kernel`` of
+    GEMResNet18)."""
+    kernels = [p for p, w in masking.masked_leaves(network.params).items() if np.ndim(w) == 2]
+    if not kernels or np.shape(masking.masked_leaves(network.params)[kernels[-1]])[-1] != (
+            network.num_outputs):
+        raise ValueError(f"cannot find the output layer among the dense kernels {kernels} (the "
+                         f"last must have {network.num_outputs} outputs)")
+    return kernels[-1]
+
+
+def stacked_zeros(tree: Params, num_tasks: int) -> Params:
+    """``tree``'s leaves with a leading task axis of length ``num_tasks``, zero-filled."""
+    return jax.tree.map(lambda a: jnp.zeros((num_tasks, *np.shape(a)), a.dtype), tree)
+
+
+def stacked_copies(tree: Params, num_tasks: int) -> Params:
+    """``num_tasks`` copies of ``tree`` on a leading task axis (e.g. the initial head)."""
+    return jax.tree.map(lambda a: jnp.broadcast_to(a, (num_tasks, *np.shape(a))).copy(), tree)
+
+
+def nbytes(tree: Params) -> int:
+    """Bytes of the arrays in ``tree``."""
+    return int(sum(np.dtype(a.dtype).itemsize * int(np.prod(np.shape(a)))
+                   for a in jax.tree.leaves(tree)))
+
+
+def take(tree: Params, t) -> Params:
+    """Task ``t``'s slice of stacked per-task state (``t`` may be traced)."""
+    return jax.tree.map(lambda a: a[t], tree)
+
+
+def put(tree: Params, t: int, value: Params) -> Params:
+    """``tree`` with task ``t``'s slice replaced by ``value``."""
+    return jax.tree.map(lambda a, v: a.at[t].set(v), tree, value)
+
+
+class Method:
+    """Base class of a baseline: the network, the task count and the pure functions above.
+
+    Subclasses set ``name`` and implement ``init``, ``train_vars``, ``fixed_vars``,
+    ``learning_rates``, ``finish``, ``eval_vars``, ``params`` (or ``logits``) and
+    ``stored_bytes``. ``trains_shared(t)`` tells the runner whether task ``t`` changes weights
+    that earlier tasks also read (then their accuracy may change).
+    """
+
+    name = "method"
+
+    def __init__(self, network: Network, num_tasks: int):
+        if num_tasks < 1:
+            raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
+        self.network = network
+        self.num_tasks = num_tasks
+        self.flat = FlatParams(network.params)
+
+    # -- to implement --------------------------------------------------------------------
+    def init(self, key: jax.Array) -> Vars:
+        raise NotImplementedError
+
+    def train_vars(self, state: Vars, t: int) -> Vars:
+        raise NotImplementedError
+
+    def fixed_vars(self, state: Vars, t: int) -> Vars:
+        return {}
+
+    def learning_rates(self, t: int) -> dict[str, str]:
+        raise NotImplementedError
+
+    def finish(self, state: Vars, trained: Vars, t: int) -> Vars:
+        raise NotImplementedError
+
+    def eval_vars(self, state: Vars, t: int) -> Vars:
+        raise NotImplementedError
+
+    def params(self, vars: Vars) -> Params:
+        raise NotImplementedError
+
+    def stored_bytes(self, state: Vars, learned: int) -> int:
+        raise NotImplementedError
+
+    def trains_shared(self, t: int) -> bool:
+        return False
+
+    # -- shared ---------------------------------------------------------------------------
+    def logits(self, vars: Vars, batch_stats: Params, x: jax.Array, train: bool):
+        """``(logits [B, num_outputs], new_batch_stats)`` for float ``x`` ``[B, *input]``."""
+        return self.network.apply(self.params(vars), batch_stats, x, train)
+
+    def check_task(self, t: int) -> None:
+        if not 0 <= t < self.num_tasks:
+            raise IndexError(f"task {t} is outside the {self.num_tasks} tasks of this method")
+
+
+OptimizerFactory = Callable[[float], optax.GradientTransformation]
+
+
+class MethodTrainer:
+    """Training and GG evaluation of any :class:`Method` (the baselines' twin of
+    :class:`supsup_jax.train.Trainer`: same batches, preprocessing, loss and chunked
+    ``lax.scan`` step loop; one device).
+
+    Args:
+      method: the baseline.
+      make_optimizer: ``lr -> optax transformation`` (``train.make_optimizer`` with the
+        config's optimiser and schedule); each group of ``train_vars`` gets its own.
+      learning_rates: ``{"lr": ..., "weight_lr": ...}``, the values ``learning_rates(t)`` names.
+      preprocess: from :func:`train.make_preprocess`.
+    """
+
+    def __init__(self, method: Method, make_optimizer: OptimizerFactory,
+                 learning_rates: Mapping[str, float], preprocess: train_lib.Preprocess, *,
+                 chunk_size: int = 100, eval_batch_size: int = 1000, step_loop: str = "auto"):
+        self.method = method
+        self.network = method.network
+        self.make_optimizer = make_optimizer
+        self.lr_values = dict(learning_rates)
+        self.preprocess = preprocess
+        self.chunk_size = chunk_size
+        self.eval_batch_size = eval_batch_size
+        conv_on_cpu = (any(np.ndim(w) > 2 for w in jax.tree.leaves(self.network.params))
+                       and jax.default_backend() == "cpu")
+        if step_loop == "auto":
+            step_loop = "python" if conv_on_cpu else "scan"
+        if step_loop not in ("scan", "python"):
+            raise ValueError(f"step_loop must be 'auto', 'scan' or 'python', got {step_loop!r}")
+        self.step_loop = step_loop
+        self._compiled: dict[tuple, tuple] = {}
+        self._gather = jax.jit(lambda images, labels, idx: (images[idx], labels[idx]))
+        self._evaluate = jax.jit(self._accuracy)
+
+    # ----------------------------------------------------------------------------- training
+    def optimizer(self, t: int) -> optax.GradientTransformation:
+        """Task ``t``'s optimiser: one transformation per group, each at its learning rate."""
+        groups = self.method.learning_rates(t)
+        for g, which in groups.items():
+            if which not in self.lr_values:
+                raise ValueError(f"group {g!r} asks for learning rate {which!r}; the trainer has "
+                                 f"{sorted(self.lr_values)}")
+        return optax.multi_transform(
+            {g: self.make_optimizer(self.lr_values[w]) for g, w in groups.items()},
+            lambda tree: {g: jax.tree.map(lambda _, g=g: g, sub) for g, sub in tree.items()})
+
+    def _functions(self, t: int):
+        # Jitted steps per distinct set of groups and rates: at most two compilations per run
+        # (the task that trains shared weights and the tasks that do not).
+        sig = tuple(sorted(self.method.learning_rates(t).items()))
+        if sig not in self._compiled:
+            opt = self.optimizer(t)
+            step = self._make_step(opt)
+
+            def chunk(train, fixed, stats, opt_state, images, labels, key, step0):
+                def body(carry, inputs):
+                    x, y, i = inputs
+                    carry, m = step(*carry, fixed, x, y, jax.random.fold_in(key, step0 + i))
+                    return carry, m
+
+                steps = jnp.arange(images.shape[0])
+                carry, m = jax.lax.scan(body, (train, stats, opt_state), (images, labels, steps))
+                return carry, jax.tree.map(jnp.mean, m)
+
+            def indexed(train, fixed, stats, opt_state, images, labels, key, step0, i):
+                return step(train, stats, opt_state, fixed, images[i], labels[i],
+                            jax.random.fold_in(key, step0 + i))
+
+            self._compiled[sig] = (opt, jax.jit(chunk, donate_argnums=(0, 2, 3)),
+                                   jax.jit(indexed, donate_argnums=(0, 2, 3)))
+        return self._compiled[sig]
+
+    def _make_step(self, opt):
+        method, preprocess = self.method, self.preprocess
+
+        def loss(train, fixed, stats, x, y):
+            logits, new_stats = method.logits({**fixed, **train}, stats, x, True)
+            acc = jnp.mean((jnp.argmax(logits, -1) == y).astype(jnp.float32))
+            return train_lib.cross_entropy(logits, y), (new_stats, acc)
+
+        def step(train, stats, opt_state, fixed, images, labels, key):
+            x = preprocess(images, key, True)
+            (value, (stats, acc)), grads = jax.value_and_grad(loss, has_aux=True)(
+                train, fixed, stats, x, labels)
+            # optax's Adam bias correction relies on implicit promotion (see train.Trainer).
+            with jax.numpy_dtype_promotion("standard"):
+                updates, opt_state = opt.update(grads, opt_state, train)
+            train = optax.apply_updates(train, updates)
+            return (train, stats, opt_state), {"loss": value, "accuracy": acc}
+
+        return step
+
+    def train_task(self, state: Vars, t: int, images, labels, key: jax.Array, num_steps: int,
+                   batch_size: int, *, batch_stats: Params | None = None,
+                   on_chunk: Callable[[int, dict], None] | None = None) -> tuple[Vars, Params]:
+        """Train task ``t`` for ``num_steps`` steps of ``batch_size`` (batches drawn by a
+        :class:`BatchIterator` from ``key``, as SupSup's trainer draws them).
+
+        Args:
+          images: uint8 ``(N, *input_shape)``; labels: int ``(N,)``.
+          batch_stats: the BN statistics to start from (default: the network's initial ones).
+
+        Returns:
+          ``(state, batch_stats)``: the method state after :meth:`Method.finish`, and task
+          ``t``'s BN running statistics. The optimiser state is dropped (SPEC 1.4 step 8).
+        """
+        self.method.check_task(t)
+        self._check_data(images, labels)
+        opt, chunk, indexed = self._functions(t)
+        train = jax.tree.map(jnp.array, self.method.train_vars(state, t))  # copies: donated
+        fixed = self.method.fixed_vars(state, t)
+        stats = jax.tree.map(jnp.array, self.network.batch_stats if batch_stats is None
+                             else batch_stats)
+        opt_state = opt.init(train)
+        iterator = BatchIterator(len(labels), batch_size, key)
+        images_dev, labels_dev = jnp.asarray(images), jnp.asarray(labels, jnp.int32)
+        step = 0
+        while step < num_steps:
+            count = min(self.chunk_size, num_steps - step)
+            x, y = self._gather(images_dev, labels_dev, jnp.asarray(iterator.index_chunk(
+                step, count)))
+            if self.step_loop == "scan":
+                (train, stats, opt_state), metrics = chunk(train, fixed, stats, opt_state, x, y,
+                                                           key, step)
+            else:
+                ms = []
+                for i in range(count):
+                    (train, stats, opt_state), m = indexed(train, fixed, stats, opt_state, x, y,
+                                                           key, step, i)
+                    ms.append(m)
+                metrics = jax.tree.map(lambda *v: jnp.mean(jnp.stack(v)), *ms)
+            step += count
+            if on_chunk is not None:
+                on_chunk(step, metrics)
+        return self.method.finish(state, train, t), stats
+
+    # --------------------------------------------------------------------------- evaluation
+    def _accuracy(self, vars, batch_stats, images, labels):
+        bs = self.eval_batch_size
+        pad = -images.shape[0] % bs
+        images = jnp.pad(images, [(0, pad)] + [(0, 0)] * (images.ndim - 1))
+        labels = jnp.pad(labels, (0, pad), constant_values=-1)
+        images = images.reshape(-1, bs, *images.shape[1:])
+        labels = labels.reshape(-1, bs)
+
+        def one(batch):
+            x, y = batch
+            logits, _ = self.method.logits(vars, batch_stats, self.preprocess(x, None, False),
+                                           False)
+            return jnp.sum((jnp.argmax(logits, -1) == y) & (y >= 0))
+
+        correct = jax.lax.map(one, (images, labels)).sum()
+        return correct / jnp.maximum(jnp.sum(labels >= 0), 1)
+
+    def evaluate(self, state: Vars, t: int, batch_stats: Params, images, labels) -> jax.Array:
+        """GG accuracy of task ``t``: arg-max over all outputs of task ``t``'s model, float32."""
+        self.method.check_task(t)
+        self._check_data(images, labels)
+        return self._evaluate(self.method.eval_vars(state, t), batch_stats, jnp.asarray(images),
+                              jnp.asarray(labels, jnp.int32))
+
+    def _check_data(self, images, labels) -> None:
+        shape = tuple(images.shape[1:])
+        if shape != self.network.input_shape:
+            raise ValueError(f"images have example shape {shape}; the network expects "
+                             f"{self.network.input_shape}")
+        if images.dtype != np.uint8:
+            raise ValueError(f"images must be uint8 (normalised on device), got {images.dtype}")
+        labels = np.asarray(labels)
+        if len(labels) != images.shape[0]:
+            raise ValueError(f"{images.shape[0]} images but {len(labels)} labels")
+        if labels.size and (labels.min() < 0 or labels.max() >= self.network.num_outputs):
+            raise ValueError(f"labels span [{labels.min()}, {labels.max()}]; the network has "
+                             f"{self.network.num_outputs} outputs")
