@@ -101,7 +101,9 @@ class BatchE(core.Method):
         (``factors[path]``: float ``[c_in, c_out]``, broadcast over spatial axes)."""
         flat = dict(weights)
         for p in self.kernels:
-            flat[p] = weights[p] * factors[p].astype(weights[p].dtype)
+            w = weights[p]
+            f = factors[p].astype(w.dtype)
+            flat[p] = w * f.reshape((1,) * (w.ndim - 2) + f.shape)
         return self.flat.unflatten(flat)
 
     def params(self, vars):

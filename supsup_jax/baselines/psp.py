@@ -53,7 +53,7 @@ def psp_mlp_forward(kernels, contexts, x: jax.Array) -> jax.Array:
     """
     h = x.reshape(x.shape[0], -1)
     for i, (k, c) in enumerate(zip(kernels, contexts, strict=True)):
-        h = h * c if c.ndim == 1 else h @ c.T  # row form of C h
+        h = h * c[None, :] if c.ndim == 1 else h @ c.T  # row form of C h
         h = h @ k
         if i < len(kernels) - 1:
             h = jax.nn.relu(h)
