@@ -4,7 +4,7 @@ Each masked layer's mask is flattened and packed 8 weights per byte (``bitorder=
 ``k`` tasks of ``P`` masked weights take ``k * ceil(P/8)`` bytes plus the per-task BatchNorm
 statistics, against the official code's ``4 k P`` bytes of float32 buffers.
 
-The bank has a ``capacity`` (the length of the task axis) that grows geometrically, and a
+The bank has a ``capacity`` (the length of the task axis) that grows geometrically (1.25x), and a
 learned-task count ``num_tasks`` that is *data* (an int32 array), so adding a task changes no
 shape: jitted inference compiles once per capacity, i.e. ``O(log k)`` times over a run.
 
@@ -14,7 +14,8 @@ The two contractions that task inference needs never materialise a ``k x P`` flo
 * :func:`contract`: ``g_i = <M_i, v>`` for a per-weight vector ``v``, which is the gradient of
   :func:`superpose` w.r.t. ``alpha`` (``v = dL/dW_eff * W`` gives ``dL/dalpha_i``, SPEC 6).
 
-Both are computed bit-plane by bit-plane over tiles of tasks (:data:`TILE_BYTES` per tile).
+Both stream the packed bits once (:mod:`supsup_jax.kernels`: a C++ kernel on CPU, plain JAX
+elsewhere).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from supsup_jax import kernels
 from supsup_jax.masking import path_str
 
 __all__ = [
@@ -43,10 +45,6 @@ __all__ = [
     "superpose",
     "unpack_task",
 ]
-
-# Upper bound on the float32 temporaries of one tile of tasks in a contraction (per bit plane).
-TILE_BYTES = 64 * 2**20
-
 
 @functools.partial(jax.tree_util.register_dataclass,
                    data_fields=["bits", "batch_stats", "num_tasks"],
@@ -98,20 +96,28 @@ class MaskBank:
         """Bytes the bank holds (bits of every slot, spare capacity included, and BN stats)."""
         return sum(int(x.nbytes) for x in jax.tree.leaves((self.bits, self.batch_stats)))
 
-    def add(self, masks: Mapping[str, Any], batch_stats: Any = None) -> MaskBank:
+    def add(self, masks: Mapping[str, Any], batch_stats: Any = None, *,
+            donate: bool = False) -> MaskBank:
         """A new bank with one more task (its binary masks and BN statistics) in the next slot.
 
-        Doubles the capacity when the bank is full (the only time shapes change).
+        ``donate=True`` hands this bank's buffers to the new one, so the mask is written in
+        place (time ``O(P)`` instead of a copy of the whole bank, ``O(kP)``); this bank must not
+        be used afterwards (``bank = bank.add(m, donate=True)``).
+
+        Grows the capacity by 1.25x when the bank is full (the only time shapes change): jitted
+        inference recompiles ``O(log k)`` times over ``k`` tasks, and spare slots never exceed
+        a quarter of the bank. Pass ``capacity`` to :meth:`create` when the number of tasks is
+        known, and nothing ever recompiles.
         """
         _check_masks(self, masks)
         n = int(self.num_tasks)
-        bank = self if n < self.capacity else self.grow(2 * self.capacity)
+        bank = self if n < self.capacity else self.grow(-(-5 * self.capacity // 4))
         packed = pack_masks(masks)
         stats = batch_stats if batch_stats is not None else {}
         if jax.tree.structure(stats) != jax.tree.structure(
                 jax.tree.map(lambda x: x[0], bank.batch_stats)):
             raise ValueError("batch_stats do not match the bank's BatchNorm statistics")
-        return _write(bank, packed, stats)
+        return (_write_donated if donate else _write)(bank, packed, stats)
 
     def set_task(self, slot: int, masks: Mapping[str, Any], batch_stats: Any = None) -> MaskBank:
         """A new bank whose learned slot ``slot`` holds ``masks`` (e.g. a mask still training,
@@ -152,10 +158,13 @@ def pack_masks(masks: Mapping[str, Any]) -> dict[str, jax.Array]:
             for p, m in masks.items()}
 
 
-@jax.jit
-def _write(bank: MaskBank, packed, stats) -> MaskBank:
+def _write_impl(bank: MaskBank, packed, stats) -> MaskBank:
     i = bank.num_tasks
     return dataclasses.replace(_write_slot(bank, packed, stats, i), num_tasks=i + 1)
+
+
+_write = jax.jit(_write_impl)
+_write_donated = jax.jit(_write_impl, donate_argnums=0)
 
 
 @jax.jit
@@ -184,39 +193,13 @@ def unpack_task(bank: MaskBank, task) -> dict[str, jax.Array]:
     return {p: _unpack_row(bank.bits[p][task], s).astype(jnp.float32) for p, s in bank.shapes}
 
 
-def _tile(capacity: int, nbytes: int) -> int:
-    return max(1, min(capacity, TILE_BYTES // max(4 * nbytes, 1)))
-
-
-def _planes(bits: jax.Array) -> jax.Array:
-    """uint8 ``[t, nb]`` -> float32 ``[t, nb, 8]`` of bits (bit b of byte j is weight 8j+b)."""
-    shifts = jnp.arange(8, dtype=jnp.uint8)[None, None, :]
-    return ((bits[:, :, None] >> shifts) & jnp.uint8(1)).astype(jnp.float32)
-
-
 def _superpose_layer(alpha: jax.Array, bits: jax.Array, shape) -> jax.Array:
-    cap, nb = bits.shape
-    tile = _tile(cap, nb * 8)
-    pad = -cap % tile
-    bits_t = jnp.pad(bits, ((0, pad), (0, 0))).reshape(-1, tile, nb)
-    alpha_t = jnp.pad(alpha, (0, pad)).reshape(-1, tile)
-
-    def body(acc, xs):
-        a, b = xs
-        return acc + jnp.einsum("t,tjb->jb", a, _planes(b)), None
-
-    out, _ = jax.lax.scan(body, jnp.zeros((nb, 8), jnp.float32), (alpha_t, bits_t))
-    return out.reshape(-1)[: math.prod(shape)].reshape(shape)
+    return kernels.bits_vecmat(alpha, bits)[: math.prod(shape)].reshape(shape)
 
 
 def _contract_layer(bits: jax.Array, v: jax.Array) -> jax.Array:
-    cap, nb = bits.shape
-    v8 = jnp.pad(v.reshape(-1).astype(jnp.float32), (0, nb * 8 - v.size)).reshape(nb, 8)
-    tile = _tile(cap, nb * 8)
-    pad = -cap % tile
-    bits_t = jnp.pad(bits, ((0, pad), (0, 0))).reshape(-1, tile, nb)
-    g = jax.lax.map(lambda b: jnp.einsum("tjb,jb->t", _planes(b), v8), bits_t)
-    return g.reshape(-1)[:cap]
+    v = v.reshape(-1).astype(jnp.float32)
+    return kernels.bits_matvec(bits, jnp.pad(v, (0, 8 * bits.shape[1] - v.size)))
 
 
 def contract(bank: MaskBank, v: Mapping[str, jax.Array]) -> jax.Array:
