@@ -378,7 +378,8 @@ def _run_tasks(config, workdir, stream, trainer, ckpts):
         bar.close()
         if config.transfer:
             running_mean = train_lib.update_running_mean(running_mean, t, state.scores)
-        bank = bank.add(trainer.masks(state.scores), state.batch_stats if has_bn else None)
+        bank = bank.add(trainer.masks(state.scores), state.batch_stats if has_bn else None,
+                        donate=True)
         del state  # the optimiser state never outlives its task
         if t + 1 in points:
             rows[str(t)] = _evaluate_row(config, trainer, bank, t, test_set, how, has_bn)
