@@ -4,8 +4,10 @@ For each network (LeNet 300-100 and FC 1024-1024, output 500) and each k, with k
 (inference cost does not depend on what the masks learned):
 
 * the bit-packed bank: One-Shot G on a batch of 128 (one gradient at uniform alpha, the
-  superposed mask precomputed once per bank as the runner does), One-Shot on a single example,
-  Binary (halving) and Exhaustive; bytes the bank holds, against the bits the masks need;
+  superposed mask precomputed once per bank as the runner does) and per example of it, One-Shot
+  on a single image, One-Shot deciding every image of the batch on its own (``vmap``, for
+  ``k <= --max-per-example-k``), Binary (halving) and Exhaustive; bytes the bank holds, against
+  the bits the masks need;
 * the official approach, measured in the same run: masks stacked as float32 ``[k, *shape]``, the
   superposition ``sum_i alpha_i M_i`` rebuilt every batch and the gradient by autodiff
   (skipped, and reported as not run, when its stack would exceed ``--max-baseline-gib``);
@@ -94,6 +96,10 @@ def run_case(model, k, args):
                oneshot_first_call_s=first)
     x1, w1 = x[:1], inference.first_m_weights(1, 1)
     row["oneshot_single_example_s"] = _time(lambda: one(bank, sup, x1, w1), args.repeats)[0]
+    if k <= args.max_per_example_k:
+        # Every image decides its own task (scenarios.TaskInference(per_example=True)).
+        each = jax.jit(jax.vmap(lambda xi: one(bank, sup, xi[None], w1)))
+        row["oneshot_each_example_batch_s"] = _time(lambda: each(x), 1)[0]
     row["superpose_uniform_s"] = _time(
         lambda: bank_lib.superpose(inference.uniform_alpha(bank), bank), args.repeats)[0]
 
@@ -139,6 +145,7 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--max-baseline-gib", type=float, default=10.0)
     p.add_argument("--max-exhaustive-k", type=int, default=1000)
+    p.add_argument("--max-per-example-k", type=int, default=100)
     p.add_argument("--compare-xla", action="store_true",
                    help="also time One-Shot with the bank's products in plain JAX")
     p.add_argument("--out", default="benchmarks/results/oneshot.json")

@@ -1,5 +1,6 @@
 """The bank's bit-matrix products (CPU kernel and plain-JAX twin) against numpy references."""
 
+import os
 import shutil
 
 import jax
@@ -66,8 +67,19 @@ def test_bad_inputs_are_named():
         kernels.bits_vecmat(jnp.zeros(4), bits)
 
 
-@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
-                    reason="no C++ compiler on this machine")
+@pytest.mark.skipif((shutil.which("c++") is None and shutil.which("g++") is None)
+                    or os.environ.get("SUPSUP_JAX_KERNELS") == "0",
+                    reason="no C++ compiler on this machine, or kernels disabled")
 def test_cpu_kernel_is_built_where_a_compiler_exists():
     # Guards against silently falling back to the ~20x slower plain-JAX products on CPU.
     assert kernels.kernel_status() == "cpu kernel"
+
+
+@pytest.mark.parametrize("target", ["cuda", "tpu"])
+def test_accelerators_lower_to_plain_jax(target):
+    # No GPU/TPU here, but lowering for one shows which branch it would run: the C++ custom
+    # call is CPU-only, so the accelerator program must not contain it.
+    args = (jax.ShapeDtypeStruct((4, 3), jnp.uint8), jax.ShapeDtypeStruct((24,), jnp.float32))
+    module = jax.export.export(jax.jit(kernels.bits_matvec), platforms=[target])(*args)
+    text = module.mlir_module()
+    assert "supsup_bits" not in text and "stablehlo.shift_right_logical" in text
