@@ -28,7 +28,8 @@ def summary(res) -> str:
     for rule, r in hop["by_rule"].items():
         lines.append(f"{rule} rule{' (default)' if rule == hop['default_rule'] else ''}: "
                      f"recovered accuracy {r['accuracy']:.4f}, stored masks fixed points "
-                     f"{r['stored_are_fixed_points']}")
+                     f"{r['stored_are_fixed_points']}; mean over {len(r['repeat_accuracies'])} "
+                     f"test shuffles {r['mean_over_repeats']:.4f}")
         for i, p in enumerate(r["per_task"]):
             lines.append(f"  task {i}: given {given[i]:.4f}, recovered {p['accuracy']:.4f}, "
                          f"Hamming start {p['hamming_per_step'][0]} -> final "

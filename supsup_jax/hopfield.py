@@ -15,11 +15,11 @@ Two learning rules (``RULES``):
   excludes ``k = i, j``); the approximation changes ``h_i`` by ``W_ii x_i + W_ij x_j`` only.
 * ``"hebbian"``: the rule the paper prints, ``W <- W + x x^T / d`` (diagonal included).
 
-Default: ``"storkey"`` (``DEFAULT_RULE``). Measured on SplitFashionMNIST (BNNet 2048-2048, 5
-tasks; ``experiments/RESULTS.md``, HopSupSup section) both rules store the five masks as fixed
-points, and with the gradient recovery of ``supsup_jax.hopsupsup`` Storkey recovers every task's
-mask exactly while the Hebbian network does not; see the results file for the figures. Storkey is
-also the rule built for correlated patterns (trained masks share many neurons).
+Default: ``"hebbian"`` (``DEFAULT_RULE``), measured better. On SplitFashionMNIST (BNNet
+2048-2048, 5 tasks, the official recovery of ``supsup_jax.hopsupsup``; ``experiments/RESULTS.md``,
+HopSupSup section) both rules keep all five masks as fixed points, and the recovered accuracy
+averaged over 5 shuffles of the test batches is 0.890 with Hebbian against 0.832 with Storkey.
+Storkey lands exactly on a stored mask more often, but on the wrong one more often too.
 
 All functions are jittable, shape-polymorphic in ``d`` and run on any device; patterns are float
 arrays of +-1 (or bool/{0, 1} masks where the name says ``mask``).
@@ -48,7 +48,7 @@ __all__ = [
     "storkey_update",
 ]
 
-DEFAULT_RULE = "storkey"
+DEFAULT_RULE = "hebbian"
 
 
 def init(d: int, dtype=jnp.float32) -> jax.Array:

@@ -47,8 +47,8 @@ def batch_norm(x: jax.Array, eps: float = 1e-5) -> jax.Array:
     Returns:
       float ``(B, C)``. The variance is the biased one, as ``F.batch_norm`` normalises with.
     """
-    mean = jnp.mean(x, axis=0)
-    var = jnp.mean(jnp.square(x - mean), axis=0)
+    mean = jnp.mean(x, axis=0, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=0, keepdims=True)
     return (x - mean) * jax.lax.rsqrt(var + eps)
 
 
@@ -74,7 +74,7 @@ class BNNet(nnx.Module):
         del train  # batch statistics in training and at test time (track_running_stats=False)
         x = x.reshape(x.shape[0], -1)
         for layer, mask in zip(self.layers[:-1], self.neuron_masks, strict=True):
-            x = jax.nn.swish(batch_norm(layer(x), self.eps) * mask[...])
+            x = jax.nn.swish(batch_norm(layer(x), self.eps) * mask[None, :])
         return self.layers[-1](x)
 
 

@@ -1,0 +1,185 @@
+"""Hopfield storage and HopSupSup recovery (SPEC 1.9) against independent references."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from supsup_jax import hopfield, hopsupsup, masking
+from supsup_jax import train as train_lib
+from supsup_jax.models.bnnet import batch_norm, bnnet, neuron_mask_filter
+
+
+def _patterns(seed, p, d):
+    return np.random.default_rng(seed).choice([-1.0, 1.0], size=(p, d)).astype(np.float32)
+
+
+def _storkey_loops(patterns):
+    """The official update written out with Python loops over lists (no numpy algebra)."""
+    d = len(patterns[0])
+    w = [[0.0] * d for _ in range(d)]
+    for x in patterns:
+        h = [sum(w[i][k] * x[k] for k in range(d)) for i in range(d)]
+        w = [[w[i][j] + (x[i] * x[j] - (i == j) - x[i] * h[j] - h[i] * x[j]) / d
+              for j in range(d)] for i in range(d)]
+    return np.array(w)
+
+
+def test_storkey_two_patterns_by_hand():
+    # x1 = (1, -1, 1, 1): W1 = (x1 x1^T - I) / 4. x2 = (1, 1, -1, 1): h = W1 x2 = -x2 / 4, so
+    # x2 h^T + h x2^T = -x2 x2^T / 2 and W2 = W1 + (1.5 x2 x2^T - I) / 4.
+    w1 = np.array([[0, -.25, .25, .25], [-.25, 0, -.25, -.25], [.25, -.25, 0, .25],
+                   [.25, -.25, .25, 0]])
+    w2 = np.array([[.125, .125, -.125, .625], [.125, .125, -.625, .125],
+                   [-.125, -.625, .125, -.125], [.625, .125, -.125, .125]])
+    x1 = jnp.array([1.0, -1.0, 1.0, 1.0])
+    x2 = jnp.array([1.0, 1.0, -1.0, 1.0])
+    got1 = hopfield.storkey_update(hopfield.init(4), x1)
+    np.testing.assert_allclose(got1, w1, atol=1e-7)
+    np.testing.assert_allclose(hopfield.storkey_update(got1, x2), w2, atol=1e-7)
+    np.testing.assert_allclose(hopfield.store(hopfield.init(4), jnp.stack([x1, x2]), "storkey"),
+                               w2, atol=1e-7)
+
+
+def test_storkey_matches_loop_reference_and_is_order_dependent():
+    pats = _patterns(0, 4, 7)
+    got = hopfield.store(hopfield.init(7), jnp.asarray(pats), "storkey")
+    np.testing.assert_allclose(got, _storkey_loops(pats.tolist()), atol=1e-6)
+    np.testing.assert_allclose(got, got.T, atol=1e-6)
+    flipped = hopfield.store(hopfield.init(7), jnp.asarray(pats[::-1]), "storkey")
+    assert not np.allclose(got, flipped, atol=1e-4)
+
+
+def test_hebbian_is_the_printed_rule():
+    pats = _patterns(1, 3, 5)
+    ref = sum(np.outer(x, x) for x in pats) / 5
+    got = hopfield.store(hopfield.init(5), jnp.asarray(pats), "hebbian")
+    np.testing.assert_allclose(got, ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("rule", sorted(hopfield.RULES))
+def test_stored_patterns_are_fixed_points(rule):
+    d, p = 256, 8  # far below capacity (Hebbian ~0.14 d, Storkey more)
+    pats = jnp.asarray(_patterns(2, p, d))
+    w = hopfield.store(hopfield.init(d), pats, rule)
+    np.testing.assert_array_equal(np.sign(np.asarray(w) @ np.asarray(pats).T).T, pats)
+    assert bool(jnp.all(hopfield.is_fixed_point(w, pats)))
+    for x in pats:
+        s, sweeps = hopfield.recall(w, x)
+        np.testing.assert_array_equal(s, x)
+        assert int(sweeps) == 1
+
+
+def test_overloaded_network_loses_fixed_points():
+    # The check above can fail: far beyond capacity most stored patterns are not stable.
+    d = 64
+    pats = jnp.asarray(_patterns(3, 64, d))
+    w = hopfield.store(hopfield.init(d), pats, "hebbian")
+    assert float(jnp.mean(hopfield.is_fixed_point(w, pats))) < 0.5
+
+
+@pytest.mark.parametrize("rule", sorted(hopfield.RULES))
+def test_recall_from_corrupted_pattern(rule):
+    d, p = 256, 5
+    pats = _patterns(4, p, d)
+    w = hopfield.store(hopfield.init(d), jnp.asarray(pats), rule)
+    rng = np.random.default_rng(5)
+    for k in range(p):
+        probe = pats[k].copy()
+        flip = rng.choice(d, size=d // 5, replace=False)  # 20% of the neurons wrong
+        probe[flip] *= -1
+        assert float(hopfield.energy(w, jnp.asarray(probe))) > float(
+            hopfield.energy(w, jnp.asarray(pats[k])))
+        s, _ = hopfield.recall(w, jnp.asarray(probe))
+        np.testing.assert_array_equal(s, pats[k])
+
+
+def test_energy_and_gradient_against_numpy():
+    rng = np.random.default_rng(6)
+    w = rng.normal(size=(6, 6)).astype(np.float32)
+    s = rng.normal(size=(3, 6)).astype(np.float32)
+    ref = np.array([-0.5 * v @ w @ v for v in s])
+    np.testing.assert_allclose(hopfield.energy(jnp.asarray(w), jnp.asarray(s)), ref, rtol=1e-5)
+    np.testing.assert_allclose(hopfield.energy_grad(jnp.asarray(w), jnp.asarray(s)),
+                               -0.5 * s @ (w + w.T), rtol=1e-5, atol=1e-6)
+
+
+def test_jit_matches_eager_and_does_not_recompile():
+    pats = jnp.asarray(_patterns(7, 3, 32))
+    store = jax.jit(hopfield.store, static_argnames="rule")
+    w = store(hopfield.init(32), pats, rule="storkey")
+    np.testing.assert_allclose(w, hopfield.store(hopfield.init(32), pats, "storkey"), atol=1e-6)
+    store(w, pats, rule="storkey")
+    assert store._cache_size() == 1
+
+
+def test_bad_input_raises():
+    with pytest.raises(ValueError, match="unknown Hopfield rule"):
+        hopfield.store(hopfield.init(4), jnp.ones((1, 4)), "oja")
+    with pytest.raises(ValueError, match="neurons"):
+        hopfield.storkey_update(hopfield.init(4), jnp.ones(5))
+    with pytest.raises(ValueError, match="square"):
+        hopfield.energy(jnp.ones((3, 4)), jnp.ones(4))
+    with pytest.raises(ValueError, match="d >= 1"):
+        hopfield.init(0)
+
+
+def test_storage_bits():
+    assert hopfield.storage_bits(2048, 5) == {"hopfield_bits": 2048 * 2048 * 32,
+                                              "hopfield_symmetric_bits": 2048 * 2049 // 2 * 32,
+                                              "mask_bits": 5 * 2048}
+
+
+def test_initial_scores_hamming_and_steps_to_recover():
+    stored = {"a": jnp.array([[1, 0, 1], [1, 1, 0], [0, 1, 1]], bool)}
+    np.testing.assert_allclose(hopsupsup.initial_scores(stored)["a"], [1 / 3, 1 / 3, 1 / 3])
+    assert hopsupsup.hamming({"a": [1, 0, 1], "b": [0]}, {"a": [1, 1, 0], "b": [1]}) == 3
+    assert hopsupsup.steps_to_recover([5, 2, 0, 1, 0, 0]) == 4
+    assert hopsupsup.steps_to_recover([0, 0]) == 0
+    assert hopsupsup.steps_to_recover([3, 0, 2]) is None
+
+
+def test_bnnet_batch_norm_and_masked_neurons():
+    x = np.random.default_rng(8).normal(size=(16, 5)).astype(np.float32)
+    ref = (x - x.mean(0)) / np.sqrt(x.var(0) + 1e-5)
+    np.testing.assert_allclose(batch_norm(jnp.asarray(x)), ref, rtol=1e-4, atol=1e-5)
+    net = bnnet(10, hidden=(32, 16))
+    masks = masking.masked_leaves(net.params, neuron_mask_filter)
+    assert sorted(masks) == ["neuron_masks/0", "neuron_masks/1"]
+    imgs = jnp.asarray(np.random.default_rng(9).normal(size=(8, 28, 28, 1)), jnp.float32)
+    off = {"neuron_masks/0": jnp.ones(32), "neuron_masks/1": jnp.zeros(16)}
+    logits, _ = net.apply(masking.mask_params(net.params, off), {}, imgs, False)
+    np.testing.assert_array_equal(logits, 0.0)  # Swish(0) = 0: masked neurons output exactly 0
+
+
+def test_end_to_end_recovery_on_fashion(fashion_mnist):
+    # Three SplitFashionMNIST tasks, (T-shirt, trouser), (shirt, sneaker) and (bag, ankle boot),
+    # BNNet 2048-2048, the official protocol: train, store, recover without the task.
+    from supsup_jax.data import split_mnist
+
+    stream = split_mnist(fashion_mnist)
+    tasks = [stream.task(0), stream.task(3), stream.task(4)]
+    net = bnnet(10, seed=0, hidden=(2048, 2048))
+    pre = train_lib.make_preprocess((0.1307,), (0.3081,))
+    trainer = train_lib.Trainer(net, masking.make_mask_fn("threshold"),
+                                train_lib.make_optimizer("sgd", 0.1, weight_decay=1e-4),
+                                pre, is_masked=neuron_mask_filter, chunk_size=60)
+    rec = hopsupsup.HopfieldRecovery(net, pre, rule="storkey")
+    masks, memory = [], rec.init_memory()
+    for t, task in enumerate(tasks):
+        zeros = {p: jnp.zeros(w.shape) for p, w in trainer.weights.items()}
+        state = trainer.init_task(jax.random.key(t), scores=zeros)
+        state = trainer.train_task(state, task.train_images, task.train_labels,
+                                   jax.random.key(10 + t), 60, 128)
+        masks.append({p: np.asarray(m) for p, m in trainer.masks(state.scores).items()})
+        memory = rec.store(memory, masks[-1])
+    assert min(hopsupsup.hamming(a, b) for a in masks for b in masks if a is not b) > 1000
+    stored = {p: jnp.stack([jnp.asarray(m[p]) for m in masks]) for p in rec.weights}
+    for t, task in enumerate(tasks):
+        x, y = task.test_images, task.test_labels  # 2000 images: 32 steps of 64
+        given = rec.accuracy(masks[t], x, y)
+        assert given > 0.9
+        r = rec.recover(memory, stored, x, jax.random.key(20 + t), true_masks=masks[t])
+        assert r.hamming.shape == (33,) and r.energy.shape == r.entropy.shape == (32,)
+        assert r.hamming[0] > 1000 and r.hamming[-1] == 0
+        assert rec.accuracy(r.masks, x, y) == pytest.approx(given)
