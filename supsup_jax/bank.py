@@ -197,57 +197,63 @@ def _superpose_layer(alpha: jax.Array, bits: jax.Array, shape) -> jax.Array:
     return kernels.bits_vecmat(alpha, bits)[: math.prod(shape)].reshape(shape)
 
 
-def _contract_layer(bits: jax.Array, v: jax.Array) -> jax.Array:
+def _contract_layer(bits: jax.Array, v: jax.Array, rows: jax.Array | None = None) -> jax.Array:
     v = v.reshape(-1).astype(jnp.float32)
-    return kernels.bits_matvec(bits, jnp.pad(v, (0, 8 * bits.shape[1] - v.size)))
+    return kernels.bits_matvec(bits, jnp.pad(v, (0, 8 * bits.shape[1] - v.size)), rows)
 
 
-def contract(bank: MaskBank, v: Mapping[str, jax.Array]) -> jax.Array:
+def contract(bank: MaskBank, v: Mapping[str, jax.Array], rows: jax.Array | None = None
+             ) -> jax.Array:
     """``g_i = sum_layers <M_i, v>`` for every slot ``i``: float32 ``[capacity]``.
 
     With ``v = dL/dW_eff * W`` this is ``dL/dalpha_i`` (SPEC 6: one matrix-vector product with
-    the stacked masks). Empty slots give 0.
+    the stacked masks). Only the slots in ``rows`` (bool ``[capacity]``, default: the learned
+    ones) are computed; the others give 0.
     """
-    return sum(_contract_layer(bank.bits[p], v[p]) for p, _ in bank.shapes)
+    rows = bank.learned() if rows is None else rows
+    return sum(_contract_layer(bank.bits[p], v[p], rows) for p, _ in bank.shapes)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _superpose(alpha, bits, shapes):
+# `rows` rides along as a primal input (its cotangent is None): which slots the backward computes.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _superpose(alpha, bits, rows, shapes):
+    del rows
     return {p: _superpose_layer(alpha, bits[p], s) for p, s in shapes}
 
 
-def _superpose_fwd(alpha, bits, shapes):
-    return _superpose(alpha, bits, shapes), bits
+def _superpose_fwd(alpha, bits, rows, shapes):
+    return _superpose(alpha, bits, rows, shapes), (bits, rows)
 
 
-def _superpose_bwd(shapes, bits, ct):
-    g = sum(_contract_layer(bits[p], ct[p]) for p, _ in shapes)
+def _superpose_bwd(shapes, res, ct):
+    bits, rows = res
+    g = sum(_contract_layer(bits[p], ct[p], rows) for p, _ in shapes)
     zeros_bits = jax.tree.map(lambda b: np.zeros(b.shape, jax.dtypes.float0), bits)
-    return g, zeros_bits
+    return g, zeros_bits, None
 
 
 _superpose.defvjp(_superpose_fwd, _superpose_bwd)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _precomputed(alpha, bits, shapes, value):
-    del alpha, bits
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _precomputed(alpha, bits, rows, shapes, value):
+    del alpha, bits, rows
     return value
 
 
-def _precomputed_fwd(alpha, bits, shapes, value):
-    return value, bits
+def _precomputed_fwd(alpha, bits, rows, shapes, value):
+    return value, (bits, rows)
 
 
-def _precomputed_bwd(shapes, bits, ct):
-    g, zeros_bits = _superpose_bwd(shapes, bits, ct)
-    return g, zeros_bits, jax.tree.map(jnp.zeros_like, ct)
+def _precomputed_bwd(shapes, res, ct):
+    return (*_superpose_bwd(shapes, res, ct), jax.tree.map(jnp.zeros_like, ct))
 
 
 _precomputed.defvjp(_precomputed_fwd, _precomputed_bwd)
 
 
-def superpose(alpha: jax.Array, bank: MaskBank, precomputed=None) -> dict[str, jax.Array]:
+def superpose(alpha: jax.Array, bank: MaskBank, precomputed=None,
+              grad_rows: jax.Array | None = None) -> dict[str, jax.Array]:
     """``{path: sum_i alpha_i M_i}`` (float32, weight shapes), differentiable in ``alpha``.
 
     Args:
@@ -255,13 +261,17 @@ def superpose(alpha: jax.Array, bank: MaskBank, precomputed=None) -> dict[str, j
       precomputed: the value of ``superpose(alpha, bank)`` if the caller has it: with uniform
         alpha it is the same for every batch, so One-Shot computes it once per bank and only
         the backward contraction runs per batch.
+      grad_rows: bool ``[capacity]``, the slots whose ``dL/dalpha_i`` the backward computes
+        (default: the learned ones); the others get 0. Binary passes its remaining candidates,
+        so its rounds cost ``k, k/2, k/4, ...`` rows instead of ``k`` each.
 
     The gradient w.r.t. ``alpha`` is computed by :func:`contract` (``custom_vjp``), so neither
     pass builds a ``capacity x P`` float array.
     """
+    rows = bank.learned() if grad_rows is None else grad_rows
     if precomputed is not None:
-        return _precomputed(alpha, bank.bits, bank.shapes, precomputed)
-    return _superpose(alpha, bank.bits, bank.shapes)
+        return _precomputed(alpha, bank.bits, rows, bank.shapes, precomputed)
+    return _superpose(alpha, bank.bits, rows, bank.shapes)
 
 
 def masks_to_scores(masks: Mapping[str, Any], magnitude: float = 1.0) -> dict[str, jax.Array]:

@@ -109,23 +109,25 @@ def uniform_alpha(bank: bank_lib.MaskBank, alive: jax.Array | None = None) -> ja
 
 
 def superposed_logits(network: Network, params: Any, bank: bank_lib.MaskBank, alpha, x,
-                      superposed=None):
+                      superposed=None, grad_rows=None):
     """``f(x; W * sum_i alpha_i M_i)`` (paper Eq. 2); ``x`` float ``[B, *input_shape]``.
-    ``superposed``: the precomputed ``sum_i alpha_i M_i`` (see ``bank.superpose``)."""
-    masks = bank_lib.superpose(alpha, bank, superposed)
+    ``superposed``, ``grad_rows``: as in :func:`supsup_jax.bank.superpose`."""
+    masks = bank_lib.superpose(alpha, bank, superposed, grad_rows)
     train = bool(jax.tree.leaves(network.batch_stats))
     logits, _ = network.apply(masking.mask_params(params, masks), network.batch_stats, x, train)
     return logits
 
 
 def alpha_gradient(network, params, bank, alpha, x, weights, objective: Objective,
-                   superposed=None):
+                   superposed=None, grad_rows=None):
     """``(objective, d objective / d alpha)`` at ``alpha``; the gradient is float32 ``[capacity]``.
 
-    Per layer ``g_i = <M_i, dL/dW_eff * W>`` (SPEC 6), computed from the packed bits.
-    ``superposed`` optionally gives the precomputed ``sum_i alpha_i M_i``.
+    Per layer ``g_i = <M_i, dL/dW_eff * W>`` (SPEC 6), computed from the packed bits for the
+    learned slots (or only ``grad_rows``; 0 elsewhere). ``superposed`` optionally gives the
+    precomputed ``sum_i alpha_i M_i``.
     """
-    f = lambda a: objective(superposed_logits(network, params, bank, a, x, superposed), weights)
+    f = lambda a: objective(superposed_logits(network, params, bank, a, x, superposed,
+                                              grad_rows), weights)
     return jax.value_and_grad(f)(alpha)
 
 
@@ -159,8 +161,9 @@ def binary(network, params, bank, x, weights, objective) -> jax.Array:
         return jnp.sum(alive) > 1
 
     def body(alive):
+        # Only the remaining candidates' gradients are computed (halve ignores the others).
         _, g = alpha_gradient(network, params, bank, uniform_alpha(bank, alive), x, weights,
-                              objective)
+                              objective, grad_rows=alive)
         return halve(alive, g)
 
     alive = jax.lax.while_loop(cond, body, bank.learned())

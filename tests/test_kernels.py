@@ -38,6 +38,16 @@ def test_products_match_unpacked_reference(k, nb, impl):
     np.testing.assert_allclose(np.asarray(s), alpha @ dense, rtol=1e-5, atol=1e-5 * np.sqrt(k))
 
 
+@pytest.mark.parametrize("impl", ["dispatch", "xla"])
+def test_matvec_computes_only_the_requested_rows(impl):
+    bits, dense, v, _ = _data(19, 70, seed=3)
+    rows = np.random.default_rng(4).random(19) < 0.4
+    matvec = kernels.bits_matvec if impl == "dispatch" else kernels.bits_matvec_xla
+    g = jax.jit(matvec)(jnp.asarray(bits), jnp.asarray(v), jnp.asarray(rows))
+    np.testing.assert_allclose(np.asarray(g), np.where(rows, dense @ v, 0.0), rtol=1e-5,
+                               atol=1e-4)
+
+
 def test_xla_twin_is_tiling_independent(monkeypatch):
     bits, dense, v, alpha = _data(9, 50)
     monkeypatch.setattr(kernels, "TILE_BYTES", 64)  # tiles of one task

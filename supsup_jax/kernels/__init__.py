@@ -120,12 +120,13 @@ def _tiles(bits: jax.Array) -> jax.Array:
     return jnp.pad(bits, ((0, -k % tile), (0, 0))).reshape(-1, tile, nb)
 
 
-def bits_matvec_xla(bits: jax.Array, v: jax.Array) -> jax.Array:
+def bits_matvec_xla(bits: jax.Array, v: jax.Array, rows: jax.Array | None = None) -> jax.Array:
     """Plain-JAX :func:`bits_matvec`: unpacks one tile of tasks at a time."""
     k, nb = bits.shape
     v8 = v.reshape(nb, 8)
     g = jax.lax.map(lambda b: jnp.einsum("tjb,jb->t", _planes(b), v8), _tiles(bits))
-    return g.reshape(-1)[:k]
+    g = g.reshape(-1)[:k]
+    return g if rows is None else jnp.where(rows, g, 0.0)
 
 
 def bits_vecmat_xla(alpha: jax.Array, bits: jax.Array) -> jax.Array:
@@ -142,18 +143,27 @@ def bits_vecmat_xla(alpha: jax.Array, bits: jax.Array) -> jax.Array:
     return out.reshape(-1)
 
 
-def bits_matvec(bits: jax.Array, v: jax.Array) -> jax.Array:
-    """``g = unpack(bits) @ v``: float32 ``[k]``, for uint8 ``bits [k, nb]`` and ``v [8 nb]``."""
+def bits_matvec(bits: jax.Array, v: jax.Array, rows: jax.Array | None = None) -> jax.Array:
+    """``g = unpack(bits) @ v``: float32 ``[k]``, for uint8 ``bits [k, nb]`` and ``v [8 nb]``.
+
+    ``rows``: optional bool ``[k]``; rows where it is False are not computed and give 0.
+    """
     if bits.ndim != 2 or bits.dtype != jnp.uint8:
         raise TypeError(f"bits must be uint8[k, nb], got {bits.dtype}{list(bits.shape)}")
     if v.shape != (8 * bits.shape[1],):
         raise ValueError(f"v has shape {v.shape}; bits {bits.shape} need ({8 * bits.shape[1]},)")
+    if rows is not None and rows.shape != bits.shape[:1]:
+        raise ValueError(f"rows has shape {rows.shape}; bits {bits.shape} need "
+                         f"({bits.shape[0]},)")
     v = v.astype(jnp.float32)
     if not _load()[0]:
-        return bits_matvec_xla(bits, v)
+        return bits_matvec_xla(bits, v, rows)
+    active = (jnp.ones(bits.shape[:1], jnp.uint8) if rows is None
+              else jnp.asarray(rows).astype(jnp.uint8))
     call = jax.ffi.ffi_call(_MATVEC, jax.ShapeDtypeStruct(bits.shape[:1], jnp.float32),
                             vmap_method="sequential")
-    return jax.lax.platform_dependent(bits, v, cpu=call, default=bits_matvec_xla)
+    xla = lambda b, x, a: bits_matvec_xla(b, x, a.astype(bool))
+    return jax.lax.platform_dependent(bits, v, active, cpu=call, default=xla)
 
 
 def bits_vecmat(alpha: jax.Array, bits: jax.Array) -> jax.Array:

@@ -2,7 +2,7 @@
 //
 // bits: uint8[k, nb], row i holds task i's mask packed 8 weights per byte, little bit order
 // (bit b of byte j is weight 8j+b). Two products, never unpacking bits into floats in memory:
-//   SupsupBitsMatvec:  out[i] = sum_j bit(i, j) * v[j]       (dL/dalpha, SPEC 6)
+//   SupsupBitsMatvec:  out[i] = sum_j bit(i, j) * v[j]       (dL/dalpha, SPEC 6; active rows)
 //   SupsupBitsVecmat:  out[j] = sum_i alpha[i] * bit(i, j)   (the superposed mask, Eq. 2)
 // With AVX-512 a 16-bit slice of a row is directly a lane mask, so one masked add handles 16
 // weights; otherwise a portable loop that the compiler vectorises as it can. Rows (matvec) or
@@ -50,47 +50,68 @@ void ParallelFor(int64_t n, int threads, F f) {
 // stays in L2 while every row of the thread's share streams past it.
 constexpr int64_t kBlock = 4096;
 
-float RowDot(const uint8_t* row, const float* v, int64_t nbytes) {
+// out[r] += <rows[r], v> for R rows at once, over nbytes bytes. Each 16 floats of v are loaded
+// once for the R rows, and a row's 16 bits load straight into a lane mask.
+template <int R>
+void RowsDot(const uint8_t* const* rows, const float* v, int64_t nbytes, float* const* out) {
   int64_t j = 0;
-  float total = 0.f;
 #if defined(__AVX512F__)
-  // Eight independent accumulators hide the add latency; one 16-bit slice = one lane mask.
-  __m512 acc[8];
-  for (int c = 0; c < 8; ++c) acc[c] = _mm512_setzero_ps();
-  for (; j + 16 <= nbytes; j += 16) {
-    uint64_t m[2];
-    std::memcpy(m, row + j, 16);
-    const float* x = v + 8 * j;
-    for (int c = 0; c < 8; ++c)
-      acc[c] = _mm512_mask_add_ps(acc[c], (__mmask16)(m[c / 4] >> (16 * (c % 4))), acc[c],
-                                  _mm512_loadu_ps(x + 16 * c));
+  __m512 acc[R][2];
+  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+  for (; j + 4 <= nbytes; j += 4) {
+    const __m512 v0 = _mm512_loadu_ps(v + 8 * j), v1 = _mm512_loadu_ps(v + 8 * j + 16);
+    for (int r = 0; r < R; ++r) {
+      const __mmask16 m0 = _load_mask16((__mmask16*)(rows[r] + j));
+      const __mmask16 m1 = _load_mask16((__mmask16*)(rows[r] + j + 2));
+      acc[r][0] = _mm512_mask_add_ps(acc[r][0], m0, acc[r][0], v0);
+      acc[r][1] = _mm512_mask_add_ps(acc[r][1], m1, acc[r][1], v1);
+    }
   }
-  for (int c = 1; c < 8; ++c) acc[0] = _mm512_add_ps(acc[0], acc[c]);
-  total = _mm512_reduce_add_ps(acc[0]);
+  for (int r = 0; r < R; ++r) *out[r] += _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]));
 #endif
   for (; j < nbytes; ++j) {
-    uint8_t b = row[j];
-    const float* x = v + 8 * j;
-    for (int t = 0; t < 8; ++t) total += ((b >> t) & 1) ? x[t] : 0.f;
+    for (int r = 0; r < R; ++r) {
+      const uint8_t b = rows[r][j];
+      float t = 0.f;
+      for (int q = 0; q < 8; ++q) t += ((b >> q) & 1) ? v[8 * j + q] : 0.f;
+      *out[r] += t;
+    }
   }
-  return total;
 }
 
+// Rows with active[i] == 0 are skipped and get 0 (Binary needs only its remaining candidates).
 ffi::Error MatvecImpl(ffi::Buffer<ffi::U8> bits, ffi::Buffer<ffi::F32> v,
-                      ffi::ResultBuffer<ffi::F32> out) {
+                      ffi::Buffer<ffi::U8> active, ffi::ResultBuffer<ffi::F32> out) {
   auto dims = bits.dimensions();
   if (dims.size() != 2) return ffi::Error::InvalidArgument("bits must be uint8[k, nb]");
   const int64_t k = dims[0], nb = dims[1];
   if (v.element_count() != 8 * nb)
     return ffi::Error::InvalidArgument("v must have 8 * nb elements");
+  if (active.element_count() != k) return ffi::Error::InvalidArgument("active must have k rows");
   const uint8_t* b = bits.typed_data();
   const float* x = v.typed_data();
   float* o = out->typed_data();
-  ParallelFor(k, NumThreads(k * nb), [&](int64_t lo, int64_t hi) {
-    for (int64_t i = lo; i < hi; ++i) o[i] = 0.f;
+  std::vector<int64_t> idx;
+  for (int64_t i = 0; i < k; ++i) {
+    o[i] = 0.f;
+    if (active.typed_data()[i]) idx.push_back(i);
+  }
+  const int64_t n = static_cast<int64_t>(idx.size());
+  ParallelFor(n, NumThreads(n * nb), [&](int64_t lo, int64_t hi) {
+    constexpr int R = 8;
+    const uint8_t* rows[R];
+    float* outs[R];
     for (int64_t j0 = 0; j0 < nb; j0 += kBlock) {
       const int64_t len = std::min(kBlock, nb - j0);
-      for (int64_t i = lo; i < hi; ++i) o[i] += RowDot(b + i * nb + j0, x + 8 * j0, len);
+      int64_t i = lo;
+      for (; i + R <= hi; i += R) {
+        for (int r = 0; r < R; ++r) rows[r] = b + idx[i + r] * nb + j0, outs[r] = o + idx[i + r];
+        RowsDot<R>(rows, x + 8 * j0, len, outs);
+      }
+      for (; i < hi; ++i) {
+        rows[0] = b + idx[i] * nb + j0, outs[0] = o + idx[i];
+        RowsDot<1>(rows, x + 8 * j0, len, outs);
+      }
     }
   });
   return ffi::Error::Success();
@@ -106,13 +127,8 @@ void ColumnChunk(const uint8_t* b, const float* alpha, int64_t k, int64_t nb, in
     for (int64_t i = 0; i < k; ++i) {
       if (alpha[i] == 0.f) continue;  // Binary's eliminated tasks and empty slots
       const __m512 a = _mm512_set1_ps(alpha[i]);
-      uint64_t m0, m1;
-      std::memcpy(&m0, b + i * nb + j0, 8);
-      std::memcpy(&m1, b + i * nb + j0 + 8, 8);
-      for (int c = 0; c < 4; ++c) {
-        acc[c] = _mm512_mask_add_ps(acc[c], (__mmask16)(m0 >> (16 * c)), acc[c], a);
-        acc[c + 4] = _mm512_mask_add_ps(acc[c + 4], (__mmask16)(m1 >> (16 * c)), acc[c + 4], a);
-      }
+      __mmask16* m = (__mmask16*)(b + i * nb + j0);
+      for (int c = 0; c < 8; ++c) acc[c] = _mm512_mask_add_ps(acc[c], _load_mask16(m + c), acc[c], a);
     }
     for (int c = 0; c < 8; ++c) _mm512_storeu_ps(o + 16 * c, acc[c]);
     return;
@@ -155,6 +171,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SupsupBitsMatvec, MatvecImpl,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::U8>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::U8>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SupsupBitsVecmat, VecmatImpl,
