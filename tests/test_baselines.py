@@ -255,7 +255,7 @@ def test_bad_method_input_errors():
     with pytest.raises(ValueError, match="unknown PSP context"):
         baselines.PSP(net, 2, kind="hadamard")
     with pytest.raises(ValueError, match="fully connected"):
-        baselines.PSP(models.gemresnet18(num_classes=5, nf=2), 2)
+        baselines.PSP(models.from_nnx(_OneConv(nnx.Rngs(0)), (6, 6, 3)), 2)
     with pytest.raises(ValueError, match="num_tasks"):
         baselines.BatchE(net, 0)
     method = baselines.BatchE(net, 2)
