@@ -21,12 +21,13 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def summary(res) -> str:
-    """Per task: accuracy with the mask given and recovered (every rule), steps, Hamming."""
+    """Per task: accuracy with the mask given and recovered (every method/rule), steps,
+    Hamming."""
     hop = res["hopfield"]
     lines = [results.format_table(res)]
     given = res["accuracy_matrix"][-1]
-    for rule, r in hop["by_rule"].items():
-        lines.append(f"{rule} rule{' (default)' if rule == hop['default_rule'] else ''}: "
+    for name, r in hop["by_recovery"].items():
+        lines.append(f"{name}{' (default)' if name == hop['default'] else ''}: "
                      f"recovered accuracy {r['accuracy']:.4f}, stored masks fixed points "
                      f"{r['stored_are_fixed_points']}; mean over {len(r['repeat_accuracies'])} "
                      f"test shuffles {r['mean_over_repeats']:.4f}")
@@ -34,7 +35,8 @@ def summary(res) -> str:
             lines.append(f"  task {i}: given {given[i]:.4f}, recovered {p['accuracy']:.4f}, "
                          f"Hamming start {p['hamming_per_step'][0]} -> final "
                          f"{p['final_hamming']} (nearest stored task {p['nearest_stored_task']}), "
-                         f"steps to recover {p['steps_to_recover']} of {p['steps']}")
+                         f"steps to recover {p['steps_to_recover']} of {p['steps']}, "
+                         f"{p['wall_time']:.2f} s")
     s = res["storage"]
     lines.append(f"storage: Hopfield {s['hopfield_bits']:,} bits ({s['hopfield_symmetric_bits']:,}"
                  f" symmetric half) vs stacked masks {s['mask_bits']:,} bits")

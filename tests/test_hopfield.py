@@ -94,6 +94,31 @@ def test_recall_from_corrupted_pattern(rule):
         np.testing.assert_array_equal(s, pats[k])
 
 
+def test_recall_many_matches_recall_row_by_row():
+    d = 128
+    w = hopfield.store(hopfield.init(d), jnp.asarray(_patterns(10, 4, d)), "hebbian")
+    probes = jnp.asarray(_patterns(11, 6, d))
+    got, _ = hopfield.recall_many(w, probes)
+    for k in range(6):
+        np.testing.assert_array_equal(got[k], hopfield.recall(w, probes[k])[0])
+
+
+@pytest.mark.parametrize("rule", sorted(hopfield.RULES))
+def test_attractors_are_the_stored_patterns_and_negations(rule):
+    d, p = 256, 5
+    pats = _patterns(12, p, d)
+    w = hopfield.store(hopfield.init(d), jnp.asarray(pats), rule)
+    got = hopfield.attractors(w, jax.random.key(0))
+    want = {tuple(s * x) for x in pats for s in (1, -1)}
+    assert {tuple(x) for x in got} == want and len(got) == 2 * p
+    e = np.asarray(hopfield.energy(w, jnp.asarray(got)))
+    assert np.all(np.diff(e) >= 0)  # lowest energy first
+    # The energy cut matters: without it the spurious (mixture) fixed points come too.
+    loose = hopfield.attractors(w, jax.random.key(0), energy_ratio=0.3)
+    assert len(loose) > 2 * p
+    assert all(bool(hopfield.is_fixed_point(w, jnp.asarray(x))) for x in loose)
+
+
 def test_energy_and_gradient_against_numpy():
     rng = np.random.default_rng(6)
     w = rng.normal(size=(6, 6)).astype(np.float32)
@@ -139,6 +164,64 @@ def test_initial_scores_hamming_and_steps_to_recover():
     assert hopsupsup.steps_to_recover([3, 0, 2]) is None
 
 
+def _entropy_np(logits):
+    z = logits - logits.max(-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    return float(np.mean(-(np.exp(logp) * logp).sum(-1)))
+
+
+def test_attractor_recovery_is_successive_halving_by_entropy():
+    # Reference: every combination of the given per-layer candidates, ordered by summed energy,
+    # halved by cumulative entropy with plain loops and numpy.
+    net = bnnet(10, seed=1, hidden=(16, 12))
+    pre = train_lib.make_preprocess((0.5,), (0.25,))
+    rec = hopsupsup.HopfieldRecovery(net, pre, rule="hebbian", batch_size=8)
+    rng = np.random.default_rng(13)
+    cands = {"neuron_masks/0": rng.choice([-1.0, 1.0], (3, 16)).astype(np.float32),
+             "neuron_masks/1": rng.choice([-1.0, 1.0], (2, 12)).astype(np.float32)}
+    memory = {p: hopfield.store(hopfield.init(c.shape[1]), jnp.asarray(c), "hebbian")
+              for p, c in cands.items()}
+    images = rng.integers(0, 256, (40, 28, 28, 1), dtype=np.uint8)
+    combos = [(i, j) for i in range(3) for j in range(2)]
+    energy = [sum(float(-0.5 * v @ np.asarray(memory[p]) @ v)
+                  for p, v in (("neuron_masks/0", cands["neuron_masks/0"][i]),
+                               ("neuron_masks/1", cands["neuron_masks/1"][j])))
+              for i, j in combos]
+    combos = [combos[k] for k in np.argsort(energy, kind="stable")]
+
+    def mask(c):
+        return {"neuron_masks/0": cands["neuron_masks/0"][c[0]] >= 0,
+                "neuron_masks/1": cands["neuron_masks/1"][c[1]] >= 0}
+
+    truth = mask(combos[-1])
+    key = jax.random.key(3)
+    order = np.asarray(jax.random.permutation(key, 40))
+    alive, total, leaders = list(range(len(combos))), [0.0] * len(combos), [0]
+    for b in range(5):
+        if len(alive) == 1:
+            break
+        x = images[order[8 * b:8 * b + 8]]
+        for k in alive:
+            m = {p: jnp.asarray(v, jnp.float32) for p, v in mask(combos[k]).items()}
+            logits, _ = net.apply(masking.mask_params(net.params, m), {},
+                                  pre(jnp.asarray(x), None, False), False)
+            total[k] += _entropy_np(np.asarray(logits, np.float64))
+        alive = sorted(sorted(alive), key=lambda k: total[k])[:(len(alive) + 1) // 2]
+        leaders.append(alive[0])
+    assert len(leaders) == 4  # 6 -> 3 -> 2 -> 1
+    r = rec.recover(memory, None, images, key, true_masks=truth, candidates=cands)
+    assert r.num_candidates == 6
+    want = [hopsupsup.hamming(mask(combos[k]), truth) for k in leaders]
+    np.testing.assert_array_equal(r.hamming, want)
+    for p in truth:
+        np.testing.assert_array_equal(r.masks[p], mask(combos[leaders[-1]])[p])
+    np.testing.assert_allclose(r.entropy[-1], total[leaders[-1]] / 3, rtol=1e-4)
+    # Without explicit candidates they come from the networks (hopfield.attractors).
+    own = rec.candidates(memory)
+    r2 = rec.recover(memory, None, images, key)
+    assert r2.num_candidates == len(own["neuron_masks/0"]) * len(own["neuron_masks/1"])
+
+
 def test_bnnet_batch_norm_and_masked_neurons():
     x = np.random.default_rng(8).normal(size=(16, 5)).astype(np.float32)
     ref = (x - x.mean(0)) / np.sqrt(x.var(0) + 1e-5)
@@ -164,7 +247,7 @@ def test_end_to_end_recovery_on_fashion(fashion_mnist):
     trainer = train_lib.Trainer(net, masking.make_mask_fn("threshold"),
                                 train_lib.make_optimizer("sgd", 0.1, weight_decay=1e-4),
                                 pre, is_masked=neuron_mask_filter, chunk_size=60)
-    rec = hopsupsup.HopfieldRecovery(net, pre, rule="storkey")
+    rec = hopsupsup.HopfieldRecovery(net, pre, rule="storkey", method="anneal")
     masks, memory = [], rec.init_memory()
     for t, task in enumerate(tasks):
         zeros = {p: jnp.zeros(w.shape) for p, w in trainer.weights.items()}
@@ -175,10 +258,16 @@ def test_end_to_end_recovery_on_fashion(fashion_mnist):
         memory = rec.store(memory, masks[-1])
     assert min(hopsupsup.hamming(a, b) for a in masks for b in masks if a is not b) > 1000
     stored = {p: jnp.stack([jnp.asarray(m[p]) for m in masks]) for p in rec.weights}
+    att = hopsupsup.HopfieldRecovery(net, pre, rule="storkey", method="attractor")
+    cands = att.candidates(memory)  # from the networks alone: the 3 masks and their negations
+    assert all(len(c) == 6 for c in cands.values())
     for t, task in enumerate(tasks):
         x, y = task.test_images, task.test_labels  # 2000 images: 32 steps of 64
         given = rec.accuracy(masks[t], x, y)
         assert given > 0.9
+        a = att.recover(memory, None, x, jax.random.key(20 + t), true_masks=masks[t],
+                        candidates=cands)
+        assert a.num_candidates == 36 and len(a.hamming) == 7 and a.hamming[-1] == 0
         r = rec.recover(memory, stored, x, jax.random.key(20 + t), true_masks=masks[t])
         assert r.hamming.shape == (33,) and r.energy.shape == r.entropy.shape == (32,)
         assert r.hamming[0] > 1000 and r.hamming[-1] == 0
