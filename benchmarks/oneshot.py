@@ -111,7 +111,7 @@ def run_case(model, k, args):
 
     if args.compare_xla:
         prev = kernels.bits_matvec
-        bank_lib.kernels.bits_matvec = lambda b, v: kernels.bits_matvec_xla(b, v)
+        kernels.bits_matvec = kernels.bits_matvec_xla  # what GPU/TPU (and no compiler) run
         try:
             slow = jax.jit(lambda b, s, x, w: inference.one_shot(net, net.params, b, x, w, obj,
                                                                  superposed=s))
@@ -119,7 +119,7 @@ def run_case(model, k, args):
                 lambda: slow(bank, sup, x, w), 1)
             row["plain_jax_agrees"] = int(task_xla) == int(task)
         finally:
-            bank_lib.kernels.bits_matvec = prev
+            kernels.bits_matvec = prev
 
     baseline_bytes = 4 * k * num_weights
     row["float32_stacked_bytes"] = baseline_bytes

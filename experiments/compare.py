@@ -16,6 +16,8 @@ Figures (SPEC 2.2):
   and PSP GG (paper Fig. 3 right); ``permuted_fashion``: its Fashion-MNIST twin;
 * ``permuted_fashion10``: the same on PermutedFashionMNIST with 10 tasks, evaluated at
   1, 2, 4, 6, 8, 10 tasks (the measured gate in ``experiments/RESULTS.md``);
+* ``rotated``: RotatedMNIST 36 tasks, FC 1024-1024: SupSup GNu (Binary H) against BatchE GG and
+  PSP GG (paper Fig. 5 left); ``rotated_fashion``: its Fashion-MNIST twin;
 * ``splitcifar100``: GG SplitCIFAR100 (paper Fig. 2 right): SupSup, SupSup Transfer, BatchE,
   BatchE Rand W, separate heads, separate heads Rand W, upper bound, lower bound.
 """
@@ -56,6 +58,16 @@ FIGURES: dict[str, list[tuple[str, str, str, dict]]] = {
         ("supsup_gnu_g", _P, "supsup,g,fashion", _TEN),
         ("batche_gg", _P, "batche,fashion", _TEN),
         ("psp_gg", _P, "psp,fashion", _TEN),
+    ],
+    "rotated": [
+        ("supsup_gnu_h", _P, "supsup,rotated", {}),
+        ("batche_gg", _P, "batche,rotated", {}),
+        ("psp_gg", _P, "psp,rotated", {}),
+    ],
+    "rotated_fashion": [
+        ("supsup_gnu_h", _P, "supsup,rotated,fashion", {}),
+        ("batche_gg", _P, "batche,rotated,fashion", {}),
+        ("psp_gg", _P, "psp,rotated,fashion", {}),
     ],
     "splitcifar100": [
         ("supsup", _C, "er4", {}),

@@ -138,7 +138,7 @@ class MaskBank:
 
     def learned(self) -> jax.Array:
         """bool ``[capacity]``: which slots hold learned tasks."""
-        return jnp.arange(self.capacity) < self.num_tasks
+        return jnp.arange(self.capacity, dtype=self.num_tasks.dtype) < self.num_tasks
 
     def task_masks(self, task) -> dict[str, jax.Array]:
         """Task ``task``'s masks as float32 ``{path: shape}`` (``task`` may be traced)."""
@@ -222,12 +222,12 @@ def _superpose(alpha, bits, rows, shapes):
 
 
 def _superpose_fwd(alpha, bits, rows, shapes):
-    return _superpose(alpha, bits, rows, shapes), (bits, rows)
+    return _superpose(alpha, bits, rows, shapes), (bits, rows, jnp.zeros((), alpha.dtype))
 
 
 def _superpose_bwd(shapes, res, ct):
-    bits, rows = res
-    g = sum(_contract_layer(bits[p], ct[p], rows) for p, _ in shapes)
+    bits, rows, like = res  # `like` carries alpha's dtype (the kernels compute in float32)
+    g = sum(_contract_layer(bits[p], ct[p], rows) for p, _ in shapes).astype(like.dtype)
     zeros_bits = jax.tree.map(lambda b: np.zeros(b.shape, jax.dtypes.float0), bits)
     return g, zeros_bits, None
 
@@ -242,7 +242,7 @@ def _precomputed(alpha, bits, rows, shapes, value):
 
 
 def _precomputed_fwd(alpha, bits, rows, shapes, value):
-    return value, (bits, rows)
+    return value, (bits, rows, jnp.zeros((), alpha.dtype))
 
 
 def _precomputed_bwd(shapes, res, ct):

@@ -7,7 +7,7 @@ finished task; every random choice derives from ``(config.seed, task)``, so a re
 results equal an uninterrupted run's. Scenario NNs runs the unlabelled stream through
 :class:`~supsup_jax.nns.NNsLearner` instead, and a baseline (``config.method``, one of
 :data:`supsup_jax.baselines.METHODS`; ``"supsup"`` when the field is absent) runs the same task
-loop over its own state (:func:`_run_baseline`).
+loop over its own state (:func:`_run_tasks` with :class:`_BaselineTasks`).
 
 The workdir receives ``results.json``, ``accuracy.csv``, PNG plots and ``checkpoints/``.
 """
@@ -298,12 +298,12 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
     stream, trainer = build(config)
     ckpts = ckpt_lib.RunCheckpoints(workdir)
     try:
-        if _method(config) != "supsup":
-            out = _run_baseline(config, workdir, stream, trainer, ckpts)
-        elif config.scenario == "NNs":
+        if config.scenario == "NNs" and _method(config) == "supsup":
             out = _run_nns(config, workdir, stream, trainer, ckpts)
         else:
-            out = _run_tasks(config, workdir, stream, trainer, ckpts)
+            learner = (_SupSupTasks if _method(config) == "supsup" else _BaselineTasks)(
+                config, stream, trainer)
+            out = _run_tasks(config, workdir, stream, learner, ckpts)
     finally:
         ckpts.close()
     return out
@@ -331,27 +331,137 @@ def _resume_meta(config, ckpts) -> tuple[int, dict | None]:
     return step, meta
 
 
-def _run_tasks(config, workdir, stream, trainer, ckpts):
+class _SupSupTasks:
+    """SupSup's side of :func:`_run_tasks`: scores trained per task, masks kept in the bank."""
+
+    def __init__(self, config, stream, trainer):
+        self.config, self.trainer = config, trainer
+        self.has_bn = bool(jax.tree.leaves(trainer.network.batch_stats))
+        self.how = None
+        if config.scenario in ("GNu", "GNs"):
+            inf = config.inference
+            self.how = scenarios.TaskInference(inf.method, inf.objective,
+                                               num_real=stream.task(0).num_classes, m=inf.m,
+                                               per_example=inf.per_example)
+
+    def init(self):
+        bank = bank_lib.MaskBank.create(self.trainer.weights,
+                                        self.trainer.network.batch_stats or None,
+                                        capacity=self.config.num_tasks)
+        running_mean = (masking.init_scores(jax.random.key(0), self.trainer.network.params)
+                        if self.config.transfer else {})
+        return {"bank": bank, "running_mean": running_mean}
+
+    def restore(self, ckpts, step, state):
+        return ckpts.restore_state(step, state)
+
+    def saved(self, state):
+        return state
+
+    def train(self, state, t, task, steps, on_chunk):
+        c, trainer = self.config, self.trainer
+        running_mean = state["running_mean"]
+        ts = trainer.init_task(_key(c, 0, t), scores=running_mean if c.transfer and t else None)
+        ts = trainer.train_task(ts, task.train_images, task.train_labels, _key(c, 1, t), steps,
+                                c.batch_size, on_chunk=on_chunk)
+        jax.block_until_ready(ts.scores)
+        if c.transfer:
+            running_mean = train_lib.update_running_mean(running_mean, t, ts.scores)
+        # Donated: the mask is written in place. Safe because nothing else holds the old bank
+        # (checkpoints are saved synchronously, see checkpoint.py).
+        bank = state["bank"].add(trainer.masks(ts.scores), ts.batch_stats if self.has_bn else None,
+                                 donate=True)
+        return {"bank": bank, "running_mean": running_mean}
+
+    def row(self, state, t, test_set, only):
+        return _evaluate_row(self.config, self.trainer, state["bank"], t, test_set, self.how,
+                             self.has_bn, only=only)
+
+    def bytes_per_task(self, state, done):
+        del done
+        return _bank_bytes(state["bank"])
+
+
+class _BaselineTasks:
+    """A baseline's side of :func:`_run_tasks` (``config.method``, :mod:`supsup_jax.baselines`):
+    the method's state and the per-task BN statistics, stacked on the task axis."""
+
+    def __init__(self, config, stream, trainer):
+        self.config, self.trainer = config, trainer
+        self.has_bn = bool(jax.tree.leaves(trainer.network.batch_stats))
+        self.how = None
+        if config.scenario == "GNu":
+            self.how = scenarios.TaskInference(config.inference.method,
+                                               config.inference.objective,
+                                               num_real=stream.task(0).num_classes,
+                                               m=config.inference.m)
+
+    def init(self):
+        return {"method": self.trainer.method.init(_key(self.config, 5)),
+                "stats": baselines.core.stacked_zeros(self.trainer.network.batch_stats,
+                                                      self.config.num_tasks)}
+
+    # Saved as a flat list of leaves: orbax needs no knowledge of our path-keyed dicts.
+    def restore(self, ckpts, step, state):
+        leaves, treedef = jax.tree.flatten(state)
+        return jax.tree.unflatten(treedef, ckpts.restore_state(step, leaves))
+
+    def saved(self, state):
+        return jax.tree.leaves(state)
+
+    def train(self, state, t, task, steps, on_chunk):
+        c = self.config
+        mstate, stats = self.trainer.train_task(state["method"], t, task.train_images,
+                                                task.train_labels, _key(c, 1, t), steps,
+                                                c.batch_size, on_chunk=on_chunk)
+        jax.block_until_ready(mstate)
+        return {"method": mstate,
+                "stats": baselines.core.put(state["stats"], t, stats) if self.has_bn else {}}
+
+    def row(self, state, t, test_set, only):
+        """GG accuracy of tasks ``0..t`` with their own state and, for BatchE in GNu, accuracy
+        and task-inference accuracy with BatchE's One-Shot."""
+        trainer, how = self.trainer, self.how
+        gg, inferred, task_acc = [], [], []
+        for i in range(t + 1):
+            if only is not None and i != only:
+                gg.append(None)
+                inferred.append(None)
+                task_acc.append(None)
+                continue
+            x, y = test_set(i)
+            stats = baselines.core.take(state["stats"], i) if self.has_bn else {}
+            gg.append(float(trainer.evaluate(state["method"], i, stats, x, y)))
+            if how is not None:
+                r = baselines.batche.evaluate_unknown_task(
+                    trainer, state["method"], state["stats"], x, y, i, t + 1, how,
+                    _key(self.config, 2, t, i), batch_size=self.config.test_batch_size)
+                inferred.append(r["accuracy"])
+                task_acc.append(r["task_accuracy"])
+        row = {"gg": gg}
+        if how is not None:
+            row.update(inferred=inferred, task_inference=task_acc)
+        return row
+
+    def bytes_per_task(self, state, done):
+        done = max(done, 1)
+        return self.trainer.method.stored_bytes(state["method"], done) / done
+
+
+def _run_tasks(config, workdir, stream, learner, ckpts):
+    """The task loop (SPEC 1.4) for SupSup and every baseline: train task ``t``, evaluate row
+    ``t`` (every learned task at the evaluation points, else only the new one), checkpoint, and
+    write the results. ``learner`` is a :class:`_SupSupTasks` or :class:`_BaselineTasks`."""
     num = config.num_tasks
     steps = _steps_per_task(config, stream)
-    has_bn = bool(jax.tree.leaves(trainer.network.batch_stats))
-    bank = bank_lib.MaskBank.create(trainer.weights, trainer.network.batch_stats or None,
-                                    capacity=num)
-    running_mean = (masking.init_scores(jax.random.key(0), trainer.network.params)
-                    if config.transfer else {})
+    state = learner.init()
     start, meta = _resume_meta(config, ckpts)
     rows: dict[str, dict] = {}
     wall: list[float] = []
     right_after: list[float] = []  # GG accuracy of each task right after learning it
     if meta is not None:
-        state = ckpts.restore_state(start, {"bank": bank, "running_mean": running_mean})
-        bank, running_mean = state["bank"], state["running_mean"]
+        state = learner.restore(ckpts, start, state)
         rows, wall, right_after = meta["rows"], meta["wall"], meta["right_after"]
-    how = None
-    if config.scenario in ("GNu", "GNs"):
-        how = scenarios.TaskInference(config.inference.method, config.inference.objective,
-                                      num_real=stream.task(0).num_classes, m=config.inference.m,
-                                      per_example=config.inference.per_example)
     points = _eval_points(config)
     progress = _Progress(config.quiet, num, start)
     scalars = _Scalars(workdir, config.get("tensorboard", False) and distributed.is_primary())
@@ -366,143 +476,40 @@ def _run_tasks(config, workdir, stream, trainer, ckpts):
 
     for t in range(start, num):
         t0 = time.perf_counter()
-        task = stream.task(t)
-        scores = running_mean if (config.transfer and t > 0) else None
-        state = trainer.init_task(_key(config, 0, t), scores=scores)
         bar = progress.steps(t, steps)
-        state = trainer.train_task(state, task.train_images, task.train_labels,
-                                   _key(config, 1, t), steps, config.batch_size,
-                                   on_chunk=lambda s, m, bar=bar: bar.update(s - bar.n))
-        jax.block_until_ready(state.scores)
+        state = learner.train(state, t, stream.task(t), steps,
+                              on_chunk=lambda s, m, bar=bar: bar.update(s - bar.n))
         train_secs = time.perf_counter() - t0
         bar.close()
-        if config.transfer:
-            running_mean = train_lib.update_running_mean(running_mean, t, state.scores)
-        bank = bank.add(trainer.masks(state.scores), state.batch_stats if has_bn else None,
-                        donate=True)
-        del state  # the optimiser state never outlives its task
-        if t + 1 in points:
-            rows[str(t)] = _evaluate_row(config, trainer, bank, t, test_set, how, has_bn)
-        else:  # only the new task: the diagonal R[t, t] that BWT and forgetting need
-            rows[str(t)] = _evaluate_row(config, trainer, bank, t, test_set, how, has_bn,
-                                         only=t)
-        right_after.append(rows[str(t)]["gg"][t])
-        wall.append(time.perf_counter() - t0)
-        meta = {"config": _comparable(config), "rows": rows, "wall": wall,
-                "right_after": right_after}
-        ckpts.save(t + 1, {"bank": bank, "running_mean": running_mean}, meta)
-        res = _results(config, rows, wall, _bank_bytes(bank), None)
-        if distributed.is_primary():
-            results.write_results(workdir, res)
-        scalars.write(t + 1, {"train/steps_per_second": steps / train_secs,
-                              **_row_scalars(rows.get(str(t)), t)})
-        line = (f"task {t}: {steps / train_secs:.0f} steps/s, GG {right_after[-1]:.4f}, "
-                f"running average {np.mean(right_after):.4f}")
-        inf_row = rows.get(str(t), {}).get("inferred")
-        if inf_row is not None and None not in inf_row:  # a row that evaluated every task
-            line += f", {config.scenario} over learned {np.mean(inf_row):.4f}"
-        progress.task_done(line)
-    progress.close()
-    scalars.close()
-    res = _results(config, rows, wall, _bank_bytes(bank), None)
-    if distributed.is_primary():
-        results.write_results(workdir, res)
-        plots.write_plots(res, workdir)
-    return res
-
-
-def _run_baseline(config, workdir, stream, trainer, ckpts):
-    """The task loop of a baseline (``config.method``, see :mod:`supsup_jax.baselines`): the same
-    steps, evaluation points, checkpoints and results as SupSup's :func:`_run_tasks`, with the
-    method's state and the per-task BN statistics (stacked on the task axis) in place of the bank.
-    """
-    num = config.num_tasks
-    steps = _steps_per_task(config, stream)
-    method = trainer.method
-    has_bn = bool(jax.tree.leaves(trainer.network.batch_stats))
-    state = {"method": method.init(_key(config, 5)),
-             "stats": baselines.core.stacked_zeros(trainer.network.batch_stats, num)}
-    start, meta = _resume_meta(config, ckpts)
-    rows: dict[str, dict] = {}
-    wall: list[float] = []
-    right_after: list[float] = []
-    if meta is not None:
-        # Saved as a flat list of leaves: orbax needs no knowledge of our path-keyed dicts.
-        leaves, treedef = jax.tree.flatten(state)
-        state = jax.tree.unflatten(treedef, ckpts.restore_state(start, leaves))
-        rows, wall, right_after = meta["rows"], meta["wall"], meta["right_after"]
-    how = None
-    if config.scenario == "GNu":
-        how = scenarios.TaskInference(config.inference.method, config.inference.objective,
-                                      num_real=stream.task(0).num_classes, m=config.inference.m)
-    points = _eval_points(config)
-    progress = _Progress(config.quiet, num, start)
-    scalars = _Scalars(workdir, config.get("tensorboard", False) and distributed.is_primary())
-    for t in range(start, num):
-        t0 = time.perf_counter()
-        task = stream.task(t)
-        bar = progress.steps(t, steps)
-        mstate, stats = trainer.train_task(
-            state["method"], t, task.train_images, task.train_labels, _key(config, 1, t), steps,
-            config.batch_size, on_chunk=lambda s, m, bar=bar: bar.update(s - bar.n))
-        jax.block_until_ready(mstate)
-        train_secs = time.perf_counter() - t0
-        bar.close()
-        state = {"method": mstate,
-                 "stats": baselines.core.put(state["stats"], t, stats) if has_bn else {}}
-        row = _evaluate_baseline_row(config, trainer, state, t, stream, how,
-                                     only=None if t + 1 in points else t)
+        # Off the evaluation points only the new task: the diagonal R[t, t] that BWT and
+        # forgetting need.
+        row = learner.row(state, t, test_set, only=None if t + 1 in points else t)
         rows[str(t)] = row
         right_after.append(row["gg"][t])
         wall.append(time.perf_counter() - t0)
         meta = {"config": _comparable(config), "rows": rows, "wall": wall,
                 "right_after": right_after}
-        ckpts.save(t + 1, jax.tree.leaves(state), meta)
-        res = _results(config, rows, wall, method.stored_bytes(state["method"], t + 1) / (t + 1),
-                       None)
+        ckpts.save(t + 1, learner.saved(state), meta)
+        res = _results(config, rows, wall, learner.bytes_per_task(state, t + 1), None)
         if distributed.is_primary():
             results.write_results(workdir, res)
         scalars.write(t + 1, {"train/steps_per_second": steps / train_secs,
                               **_row_scalars(row, t)})
         line = (f"task {t}: {steps / train_secs:.0f} steps/s, GG {right_after[-1]:.4f}, "
                 f"running average {np.mean(right_after):.4f}")
-        if None not in row["gg"]:
+        inf_row = row.get("inferred")
+        if inf_row is not None and None not in inf_row:  # a row that evaluated every task
+            line += f", {config.scenario} over learned {np.mean(inf_row):.4f}"
+        elif None not in row["gg"]:
             line += f", GG over learned {np.mean(row['gg']):.4f}"
         progress.task_done(line)
     progress.close()
     scalars.close()
-    res = _results(config, rows, wall, method.stored_bytes(state["method"], max(len(wall), 1))
-                   / max(len(wall), 1), None)
+    res = _results(config, rows, wall, learner.bytes_per_task(state, len(wall)), None)
     if distributed.is_primary():
         results.write_results(workdir, res)
         plots.write_plots(res, workdir)
     return res
-
-
-def _evaluate_baseline_row(config, trainer, state, t, stream, how, only=None) -> dict:
-    """Row ``t`` for a baseline: GG accuracy of tasks ``0..t`` with their own state and, for
-    BatchE in GNu, accuracy and task-inference accuracy with BatchE's One-Shot."""
-    has_bn = bool(jax.tree.leaves(trainer.network.batch_stats))
-    gg, inferred, task_acc = [], [], []
-    for i in range(t + 1):
-        if only is not None and i != only:
-            gg.append(None)
-            inferred.append(None)
-            task_acc.append(None)
-            continue
-        x, y = _test_data(config, stream, i)
-        stats = baselines.core.take(state["stats"], i) if has_bn else {}
-        gg.append(float(trainer.evaluate(state["method"], i, stats, x, y)))
-        if how is not None:
-            r = baselines.batche.evaluate_unknown_task(
-                trainer, state["method"], state["stats"], x, y, i, t + 1, how,
-                _key(config, 2, t, i), batch_size=config.test_batch_size)
-            inferred.append(r["accuracy"])
-            task_acc.append(r["task_accuracy"])
-    row = {"gg": gg}
-    if how is not None:
-        row.update(inferred=inferred, task_inference=task_acc)
-    return row
 
 
 def _evaluate_row(config, trainer, bank, t, test_set, how, has_bn, only=None) -> dict:

@@ -58,6 +58,24 @@ def test_superpose_and_contract_against_float_reference():
     np.testing.assert_allclose(np.asarray(grad), g, rtol=1e-5, atol=1e-5)
 
 
+def test_grad_rows_restrict_the_gradient_to_those_slots():
+    bank, _ = _bank(5, capacity=8)
+    v = {p: np.random.default_rng(2).normal(size=s).astype(np.float32) for p, s in SHAPES.items()}
+    alpha = jnp.where(bank.learned(), 0.2, 0.0)
+    loss = lambda a, rows=None: sum(jnp.sum(s * v[p]) for p, s in
+                                    bank_lib.superpose(a, bank, grad_rows=rows).items())
+    full = np.asarray(jax.grad(loss)(alpha))
+    rows = jnp.asarray([True, False, True, True, False, False, False, False])
+    part = np.asarray(jax.grad(lambda a: loss(a, rows))(alpha))
+    np.testing.assert_allclose(part, np.where(rows, full, 0.0), rtol=1e-6)
+    assert np.all(full[:5] != 0)
+    # float64 alpha gets a float64 gradient (the kernels compute in float32).
+    with jax.enable_x64():
+        g64 = jax.grad(loss)(alpha.astype(jnp.float64))
+    assert g64.dtype == jnp.float64
+    np.testing.assert_allclose(np.asarray(g64), full, rtol=1e-6)
+
+
 def test_save_load_round_trip_is_bit_identical(tmp_path):
     bank, _ = _bank(3, capacity=4, stats=True)
     path = tmp_path / "bank.npz"

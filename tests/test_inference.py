@@ -92,6 +92,35 @@ def test_one_shot_binary_exhaustive_find_the_task_full_batch(trained, objective)
         assert int(task) == t and 1 <= int(steps) <= 50
 
 
+@pytest.mark.parametrize("objective", ["h", "g"])
+def test_binary_equals_a_python_loop_over_full_gradients(trained, objective):
+    # Binary computes only the remaining candidates' gradients (grad_rows); the reference
+    # computes every gradient from explicitly stacked float masks and halves in Python.
+    net, bank, tasks, preprocess, _ = trained
+    obj = inference.make_objective(objective, 10)
+    stacked = {p: jnp.stack([bank.task_masks(i)[p] for i in range(bank.capacity)])
+               for p, _ in bank.shapes}
+
+    def grad(a, x, w):
+        def f(a):
+            sup = {p: jnp.einsum("t,t...->...", a, m) for p, m in stacked.items()}
+            return obj(net.apply(masking.mask_params(net.params, sup), {}, x, False)[0], w)
+        return np.asarray(jax.grad(f)(a))
+
+    for t in range(NUM_TASKS):
+        for first in (0, 5):  # the image that decides
+            x = _x(tasks, preprocess, t)[first:first + 8]
+            w = inference.first_m_weights(8, 1)
+            alive = [i for i in range(NUM_TASKS)]
+            while len(alive) > 1:
+                a = np.zeros(bank.capacity, np.float32)
+                a[alive] = 1.0 / len(alive)
+                g = grad(jnp.asarray(a), x, w)
+                alive = sorted(sorted(alive, key=lambda i: (g[i], i))[:(len(alive) + 1) // 2])
+            got = int(inference.binary(net, net.params, bank, x, w, obj))
+            assert got == alive[0], (t, first, got, alive)
+
+
 def test_one_shot_never_picks_an_unlearned_slot(trained):
     net, bank, tasks, preprocess, _ = trained
     x = _x(tasks, preprocess, 0)

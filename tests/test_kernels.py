@@ -10,9 +10,9 @@ import pytest
 
 from supsup_jax import kernels
 
-# (k, nb): tails of every loop (nb not a multiple of 16, one byte, one task) and nb past the
-# kernel's 4096-byte row block.
-SHAPES = [(1, 1), (3, 5), (7, 33), (16, 4096 + 21), (40, 300)]
+# (k, nb): tails of every loop (nb = 1..7 mod 4 and 16, odd row starts, one task), nb past the
+# kernel's 4096-byte row block, and one bank of > 2 MB so that both threads run.
+SHAPES = [(1, 1), (3, 5), (5, 6), (9, 7), (7, 33), (16, 4096 + 21), (40, 300), (600, 4099)]
 
 
 def _data(k, nb, seed=0):

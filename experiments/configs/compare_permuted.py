@@ -12,6 +12,9 @@ per task, FC 1024-1024 or LeNet 300-100 with ``lenet``):
 * ``psp``: GG, output 10, ``xavier_normal`` W trained on every task by RMSprop lr 1e-4, a random
   orthogonal context per task and layer (``binary``: +-1 contexts).
 
+``rotated`` swaps the stream for RotatedMNIST (36 tasks, 10 degrees apart; paper Fig. 5 left):
+SupSup is then exactly ``gnu_rotated.py`` (output 200, Binary H on the full batch).
+
 Reproduce (``fashion``: PermutedFashionMNIST, which runs here; ``tiny``: CPU smoke test):
 
     python -m experiments.run --config=experiments/configs/compare_permuted.py:batche,fashion \\
@@ -19,11 +22,11 @@ Reproduce (``fashion``: PermutedFashionMNIST, which runs here; ``tiny``: CPU smo
     python -m experiments.compare --figure=permuted_fashion10 --workdir=runs/compare10
 """
 
-from experiments.configs import gnu_permuted
+from experiments.configs import gnu_permuted, gnu_rotated
 from experiments.configs.base import apply_common_variants, base_config, parse_variants
 
 METHODS = ("supsup", "batche", "psp")
-_OPTIONS = {"lenet", "h", "g", "randw", "oneshot", "binary"}
+_OPTIONS = {"lenet", "h", "g", "randw", "oneshot", "binary", "rotated"}
 
 
 def get_config(variants: str | None = None):
@@ -37,6 +40,12 @@ def get_config(variants: str | None = None):
         bad = rest & {"randw", "oneshot", "binary"}
         if bad:
             raise ValueError(f"variants {sorted(bad)} do not apply to supsup")
+        if "rotated" in rest:
+            if rest & {"lenet", "g"}:
+                raise ValueError("the rotated comparison is FC 1024-1024 with Binary H")
+            c = gnu_rotated.get_config(",".join(sorted(rest - {"rotated", "h"})))
+            c.name = c.name.replace("gnu_rotated", "compare_rotated_supsup", 1)
+            return c
         c = gnu_permuted.get_config(",".join(sorted(rest)))
         c.name = c.name.replace("gnu_permuted", "compare_permuted_supsup", 1)
         return c
@@ -53,6 +62,11 @@ def get_config(variants: str | None = None):
     if "lenet" in v:
         c.model = "lenet300_100"
         c.name += "_lenet"
+    if "rotated" in v:  # Fig. 5 left: 36 tasks rotated by 10 degrees each
+        c.stream = "rotated"
+        c.num_tasks = 36
+        c.eval_at = (2, 5, 10, 15, 20, 25, 30, 35, 36)
+        c.name = c.name.replace("permuted", "rotated", 1)
     if method == "batche":
         c.weight_init = "kaiming_normal"
         c.optimizer, c.lr, c.weight_decay = "adam", 1e-2, 1e-4

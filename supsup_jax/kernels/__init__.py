@@ -48,13 +48,14 @@ log = logging.getLogger(__name__)
 
 
 def _cpu_id() -> str:
+    """The CPU model and its instruction-set flags: a ``-march=native`` build is only reused on
+    a CPU with the same flags (a VM may hide AVX-512 on the same model)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features", "model name")):
-                return line
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        pass
-    return platform.processor()
+        return platform.processor()
+    keys = ("model name", "flags", "Features", "CPU implementer", "CPU part")
+    return "\n".join(sorted({ln for ln in lines if ln.startswith(keys)}))
 
 
 def _compile() -> Path:

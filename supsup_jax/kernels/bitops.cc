@@ -46,6 +46,15 @@ void ParallelFor(int64_t n, int threads, F f) {
   for (auto& th : pool) th.join();
 }
 
+#if defined(__AVX512F__)
+// 16 bits at any byte address as a lane mask (memcpy: rows of odd length are unaligned).
+inline __mmask16 Mask16(const uint8_t* p) {
+  uint16_t m;
+  std::memcpy(&m, p, 2);
+  return _cvtu32_mask16(m);
+}
+#endif
+
 // Bytes of a row handled per block of matvec: that block's 128 KiB of v (8 floats per byte)
 // stays in L2 while every row of the thread's share streams past it.
 constexpr int64_t kBlock = 4096;
@@ -61,8 +70,8 @@ void RowsDot(const uint8_t* const* rows, const float* v, int64_t nbytes, float* 
   for (; j + 4 <= nbytes; j += 4) {
     const __m512 v0 = _mm512_loadu_ps(v + 8 * j), v1 = _mm512_loadu_ps(v + 8 * j + 16);
     for (int r = 0; r < R; ++r) {
-      const __mmask16 m0 = _load_mask16((__mmask16*)(rows[r] + j));
-      const __mmask16 m1 = _load_mask16((__mmask16*)(rows[r] + j + 2));
+      const __mmask16 m0 = Mask16(rows[r] + j);
+      const __mmask16 m1 = Mask16(rows[r] + j + 2);
       acc[r][0] = _mm512_mask_add_ps(acc[r][0], m0, acc[r][0], v0);
       acc[r][1] = _mm512_mask_add_ps(acc[r][1], m1, acc[r][1], v1);
     }
@@ -127,8 +136,8 @@ void ColumnChunk(const uint8_t* b, const float* alpha, int64_t k, int64_t nb, in
     for (int64_t i = 0; i < k; ++i) {
       if (alpha[i] == 0.f) continue;  // Binary's eliminated tasks and empty slots
       const __m512 a = _mm512_set1_ps(alpha[i]);
-      __mmask16* m = (__mmask16*)(b + i * nb + j0);
-      for (int c = 0; c < 8; ++c) acc[c] = _mm512_mask_add_ps(acc[c], _load_mask16(m + c), acc[c], a);
+      const uint8_t* m = b + i * nb + j0;
+      for (int c = 0; c < 8; ++c) acc[c] = _mm512_mask_add_ps(acc[c], Mask16(m + 2 * c), acc[c], a);
     }
     for (int c = 0; c < 8; ++c) _mm512_storeu_ps(o + 16 * c, acc[c]);
     return;
