@@ -16,6 +16,9 @@ Figures (SPEC 2.2):
   and PSP GG (paper Fig. 3 right); ``permuted_fashion``: its Fashion-MNIST twin;
 * ``permuted_fashion10``: the same on PermutedFashionMNIST with 10 tasks, evaluated at
   1, 2, 4, 6, 8, 10 tasks (the measured gate in ``experiments/RESULTS.md``);
+* ``batche_oneshot``: PermutedMNIST: One-Shot task inference on BatchE's rank-one factors
+  (BatchE GNu, output 500) against SupSup GNu and BatchE GG (paper Fig. 5 right);
+  ``batche_oneshot_fashion``: its Fashion-MNIST twin;
 * ``rotated``: RotatedMNIST 36 tasks, FC 1024-1024: SupSup GNu (Binary H) against BatchE GG and
   PSP GG (paper Fig. 5 left); ``rotated_fashion``: its Fashion-MNIST twin;
 * ``splitcifar100``: GG SplitCIFAR100 (paper Fig. 2 right): SupSup, SupSup Transfer, BatchE,
@@ -58,6 +61,16 @@ FIGURES: dict[str, list[tuple[str, str, str, dict]]] = {
         ("supsup_gnu_g", _P, "supsup,g,fashion", _TEN),
         ("batche_gg", _P, "batche,fashion", _TEN),
         ("psp_gg", _P, "psp,fashion", _TEN),
+    ],
+    "batche_oneshot": [
+        ("supsup_gnu_g", _P, "supsup,g", {}),
+        ("batche_gnu_g", _P, "batche,oneshot,g", {}),
+        ("batche_gg", _P, "batche", {}),
+    ],
+    "batche_oneshot_fashion": [
+        ("supsup_gnu_g", _P, "supsup,g,fashion", {}),
+        ("batche_gnu_g", _P, "batche,oneshot,g,fashion", {}),
+        ("batche_gg", _P, "batche,fashion", {}),
     ],
     "rotated": [
         ("supsup_gnu_h", _P, "supsup,rotated", {}),

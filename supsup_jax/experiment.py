@@ -293,6 +293,9 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
     Raises:
       CheckpointError: the workdir holds a checkpoint of a different config, or a corrupt one.
     """
+    if _method(config) == "hopsupsup":  # its own task loop: train all, store, then recover
+        from supsup_jax import hopsupsup
+        return hopsupsup.train_and_evaluate(config, workdir)
     workdir = os.fspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     stream, trainer = build(config)

@@ -59,7 +59,7 @@ import optax
 from supsup_jax import hopfield, inference, masking, plots, results
 from supsup_jax import train as train_lib
 from supsup_jax.data import SplitStream, load_dataset, split_mnist
-from supsup_jax.experiment import input_statistics
+from supsup_jax.experiment import _comparable, _key, _versions, input_statistics
 from supsup_jax.masks import threshold_mask
 from supsup_jax.models.bnnet import bnnet, neuron_mask_filter
 from supsup_jax.models.network import Network
@@ -412,24 +412,6 @@ def _stream(config) -> SplitStream:
     return stream
 
 
-def _key(config, *path: int) -> jax.Array:
-    k = jax.random.key(config.seed)
-    for p in path:
-        k = jax.random.fold_in(k, p)
-    return k
-
-
-def _versions() -> dict[str, str]:
-    import importlib.metadata
-    out = {}
-    for pkg in ("supsup-jax", "jax", "jaxlib", "flax", "optax", "numpy"):
-        try:
-            out[pkg] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            out[pkg] = "unknown"
-    return out
-
-
 def _recover_all(config, rec: HopfieldRecovery, stream, masks: list[Masks], test) -> dict:
     """Store every task's masks with ``rec.rule`` and recover each task from its test set with
     ``rec.method``."""
@@ -506,8 +488,9 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
     extra key ``hopfield`` holds, per recovery ``"method/rule"`` (``by_recovery``: the default
     and every combination of ``hopfield.compare_methods`` and ``hopfield.compare_rules``), each
     task's Hamming distance per step, steps to recover, energies, accuracy and the accuracies of
-    the repeated passes; ``storage`` the bit counts. There is no checkpointing: the whole run
-    takes a few minutes on a CPU.
+    the repeated passes; ``storage`` the bit counts. Each trained task's masks are saved to
+    ``hopsupsup_tasks.npz``, so re-running resumes after the last finished task. Also run by
+    ``python -m experiments.run`` (the config's ``method = "hopsupsup"``).
     """
     workdir = os.fspath(workdir)
     os.makedirs(workdir, exist_ok=True)
@@ -549,7 +532,17 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
     masks: list[Masks] = []
     given: list[float] = []
     wall: list[float] = []
-    for t in range(num):
+    # Each finished task's masks are saved, so a killed run resumes after its last finished task
+    # (recovery, a few seconds per task, runs again from the stored masks).
+    saved = os.path.join(workdir, "hopsupsup_tasks.npz")
+    if os.path.exists(saved):
+        with np.load(saved) as z:
+            if str(z["config"]) != _comparable(config):
+                raise ValueError(f"{saved} belongs to another config; use a new workdir")
+            done = int(z["num_done"])
+            masks = [{p: z[f"{t}/{p}"] for p in trainer.weights} for t in range(done)]
+            given, wall = list(z["given"][:done]), list(z["wall"][:done])
+    for t in range(len(masks), num):
         t0 = time.perf_counter()
         task = stream.task(t)
         zeros = {p: jnp.zeros(w.shape, w.dtype) for p, w in trainer.weights.items()}
@@ -561,6 +554,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
         x, y = test(t)
         given.append(recs[default].accuracy(masks[-1], x, y, _key(config, 2, t)))
         wall.append(time.perf_counter() - t0)
+        _save_tasks(saved, config, masks, given, wall)
         if not config.quiet:
             print(f"task {t}: given-mask accuracy {given[-1]:.4f}, density "
                   f"{np.mean(np.concatenate(list(masks[-1].values()))):.3f}, "
@@ -620,6 +614,15 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
     plots.write_plots(res, workdir)
     plot_recovery(res, os.path.join(workdir, "hopfield_recovery.png"))
     return res
+
+
+def _save_tasks(path, config, masks, given, wall) -> None:
+    arrays = {f"{t}/{p}": m for t, ms in enumerate(masks) for p, m in ms.items()}
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        np.savez(f, config=np.asarray(_comparable(config)), num_done=np.asarray(len(masks)),
+                 given=np.asarray(given), wall=np.asarray(wall), **arrays)
+    os.replace(tmp, path)  # atomic: a crash leaves the previous file
 
 
 def plot_recovery(res: Mapping[str, Any], path: str | os.PathLike):

@@ -272,3 +272,30 @@ def test_end_to_end_recovery_on_fashion(fashion_mnist):
         assert r.hamming.shape == (33,) and r.energy.shape == r.entropy.shape == (32,)
         assert r.hamming[0] > 1000 and r.hamming[-1] == 0
         assert rec.accuracy(r.masks, x, y) == pytest.approx(given)
+
+
+def test_runner_runs_hopsupsup_and_resumes_after_the_last_finished_task(tmp_path, fashion_mnist):
+    from experiments.configs import hopsupsup as hop_config
+    from supsup_jax import experiment
+
+    c = hop_config.get_config("fashion,tiny")
+    c.steps, c.max_eval_examples = 10, 128
+    c.hopfield.repeats, c.hopfield.compare_methods, c.hopfield.compare_rules = 1, (), ()
+    c.quiet = True
+    full = experiment.train_and_evaluate(c, tmp_path / "a")  # through the runner's entry point
+    assert full["num_tasks"] == 5 and len(full["wall_time_per_task"]) == 5
+    # A run killed after task 0: its saved masks are reused and only tasks 1-4 train again.
+    experiment.train_and_evaluate(c, tmp_path / "b")
+    saved = tmp_path / "b" / "hopsupsup_tasks.npz"
+    with np.load(saved) as z:
+        keep = {k: z[k] for k in z.files if k[0] not in "1234"}
+    keep["num_done"], keep["given"], keep["wall"] = np.asarray(1), keep["given"][:1], [123.0]
+    np.savez(saved, **keep)
+    resumed = experiment.train_and_evaluate(c, tmp_path / "b")
+    assert resumed["wall_time_per_task"][0] == 123.0  # task 0 was not retrained
+    assert resumed["accuracy_matrix"] == full["accuracy_matrix"]
+    assert resumed["inferred_accuracy_matrix"] == full["inferred_accuracy_matrix"]
+    c2 = hop_config.get_config("fashion,tiny")
+    c2.steps, c2.max_eval_examples, c2.seed = 10, 128, 1
+    with pytest.raises(ValueError, match="another config"):
+        experiment.train_and_evaluate(c2, tmp_path / "b")

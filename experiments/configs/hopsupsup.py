@@ -19,6 +19,7 @@ from experiments.configs.base import apply_common_variants, parse_variants
 def get_config(variants: str | None = None):
     c = ml_collections.ConfigDict()
     c.name = "hopsupsup_split_mnist"
+    c.method = "hopsupsup"  # experiments.run dispatches to supsup_jax.hopsupsup
     c.seed = 0
     c.dataset = "mnist"
     c.data_dir = None
