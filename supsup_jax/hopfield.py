@@ -179,22 +179,6 @@ def is_fixed_point(w: jax.Array, x: jax.Array) -> jax.Array:
     return jnp.all(h * x >= 0, axis=-1)
 
 
-@jax.jit
-def _recall(w, s, max_steps):
-    def cond(c):
-        _, changed, i = c
-        return changed & (i < max_steps)
-
-    def body(c):
-        s, _, i = c
-        h = w @ s
-        new = jnp.where(h > 0, 1.0, jnp.where(h < 0, -1.0, s)).astype(s.dtype)
-        return new, jnp.any(new != s), i + 1
-
-    s, _, steps = jax.lax.while_loop(cond, body, (s, jnp.bool_(True), jnp.int32(0)))
-    return s, steps
-
-
 def recall(w: jax.Array, s: jax.Array, max_steps: int = 100) -> tuple[jax.Array, jax.Array]:
     """Synchronous sign dynamics ``s <- sign(W s)`` until a fixed point or ``max_steps``.
 
@@ -213,7 +197,8 @@ def recall(w: jax.Array, s: jax.Array, max_steps: int = 100) -> tuple[jax.Array,
     _check(w, s)
     if s.ndim != 1:
         raise ValueError(f"recall takes one probe (d,), got shape {s.shape}")
-    return _recall(w, s.astype(w.dtype), jnp.int32(max_steps))
+    state, sweeps = _recall_many(w, s[None].astype(w.dtype), jnp.int32(max_steps))
+    return state[0], sweeps
 
 
 @jax.jit
