@@ -377,8 +377,20 @@ class _SupSupTasks:
         return {"bank": bank, "running_mean": running_mean}
 
     def row(self, state, t, test_set, only):
-        return _evaluate_row(self.config, self.trainer, state["bank"], t, test_set, self.how,
-                             self.has_bn, only=only)
+        """Each task's own mask and, for GNu/GNs, the inferred task's."""
+        c, trainer, bank, how = self.config, self.trainer, state["bank"], self.how
+
+        def given(i, x, y):
+            stats = bank.task_batch_stats(i) if self.has_bn else {}
+            return float(trainer.evaluate(bank.task_masks(i), stats, x, y))
+
+        def inferred(i, x, y):
+            r = scenarios.evaluate_unknown_task(
+                trainer.network, bank, x, y, i, how, trainer.preprocess, _key(c, 2, t, i),
+                batch_size=c.test_batch_size, shared_labels=c.scenario == "GNs")
+            return r["accuracy"], r["task_accuracy"]
+
+        return _accuracy_row(t, test_set, only, given, inferred if how is not None else None)
 
     def bytes_per_task(self, state, done):
         del done
@@ -425,26 +437,18 @@ class _BaselineTasks:
         """GG accuracy of tasks ``0..t`` with their own state and, for BatchE in GNu, accuracy
         and task-inference accuracy with BatchE's One-Shot."""
         trainer, how = self.trainer, self.how
-        gg, inferred, task_acc = [], [], []
-        for i in range(t + 1):
-            if only is not None and i != only:
-                gg.append(None)
-                inferred.append(None)
-                task_acc.append(None)
-                continue
-            x, y = test_set(i)
+
+        def given(i, x, y):
             stats = baselines.core.take(state["stats"], i) if self.has_bn else {}
-            gg.append(float(trainer.evaluate(state["method"], i, stats, x, y)))
-            if how is not None:
-                r = baselines.batche.evaluate_unknown_task(
-                    trainer, state["method"], state["stats"], x, y, i, t + 1, how,
-                    _key(self.config, 2, t, i), batch_size=self.config.test_batch_size)
-                inferred.append(r["accuracy"])
-                task_acc.append(r["task_accuracy"])
-        row = {"gg": gg}
-        if how is not None:
-            row.update(inferred=inferred, task_inference=task_acc)
-        return row
+            return float(trainer.evaluate(state["method"], i, stats, x, y))
+
+        def inferred(i, x, y):
+            r = baselines.batche.evaluate_unknown_task(
+                trainer, state["method"], state["stats"], x, y, i, t + 1, how,
+                _key(self.config, 2, t, i), batch_size=self.config.test_batch_size)
+            return r["accuracy"], r["task_accuracy"]
+
+        return _accuracy_row(t, test_set, only, given, inferred if how is not None else None)
 
     def bytes_per_task(self, state, done):
         done = max(done, 1)
@@ -515,28 +519,26 @@ def _run_tasks(config, workdir, stream, learner, ckpts):
     return res
 
 
-def _evaluate_row(config, trainer, bank, t, test_set, how, has_bn, only=None) -> dict:
-    """Row ``t`` of the accuracy matrices; with ``only=i`` just entry ``i`` (others None)."""
-    gg, inferred, task_acc = [], [], []
+def _accuracy_row(t, test_set, only, given, inferred=None) -> dict:
+    """Row ``t`` of the accuracy matrices: ``given(i, x, y)`` (task given) and, if set,
+    ``inferred(i, x, y) -> (accuracy, task_accuracy)`` for tasks ``0..t``; with ``only=i`` just
+    entry ``i`` (the others None)."""
+    gg, inf, task_acc = [], [], []
     for i in range(t + 1):
         if only is not None and i != only:
             gg.append(None)
-            inferred.append(None)
+            inf.append(None)
             task_acc.append(None)
             continue
         x, y = test_set(i)
-        stats = bank.task_batch_stats(i) if has_bn else {}
-        gg.append(float(trainer.evaluate(bank.task_masks(i), stats, x, y)))
-        if how is not None:
-            r = scenarios.evaluate_unknown_task(
-                trainer.network, bank, x, y, i, how, trainer.preprocess,
-                _key(config, 2, t, i), batch_size=config.test_batch_size,
-                shared_labels=config.scenario == "GNs")
-            inferred.append(r["accuracy"])
-            task_acc.append(r["task_accuracy"])
+        gg.append(given(i, x, y))
+        if inferred is not None:
+            a, ta = inferred(i, x, y)
+            inf.append(a)
+            task_acc.append(ta)
     row = {"gg": gg}
-    if how is not None:
-        row.update(inferred=inferred, task_inference=task_acc)
+    if inferred is not None:
+        row.update(inferred=inf, task_inference=task_acc)
     return row
 
 
