@@ -299,3 +299,47 @@ def test_runner_runs_hopsupsup_and_resumes_after_the_last_finished_task(tmp_path
     c2.steps, c2.max_eval_examples, c2.seed = 10, 128, 1
     with pytest.raises(ValueError, match="another config"):
         experiment.train_and_evaluate(c2, tmp_path / "b")
+
+
+def test_annealed_recovery_step_and_schedule_against_a_hand_reference(monkeypatch):
+    # One step of the paper's annealed pass, written out independently: the straight-through
+    # mask as `s + stop_gradient(step(s) - s)`, entropy and energy by hand, and PyTorch's SGD
+    # (momentum buffer = grad + wd * p on the first step).
+    net = bnnet(10, seed=0, hidden=(16, 12))
+    rec = hopsupsup.HopfieldRecovery(net, train_lib.make_preprocess((0.5,), (0.25,)),
+                                     method="anneal", gamma=0.3, lr=2.0, momentum=0.9,
+                                     weight_decay=0.01, batch_size=8)
+    rng = np.random.default_rng(0)
+    stored = {p: jnp.asarray(rng.random((3, w.shape[0])) < 0.5) for p, w in rec.weights.items()}
+    memory = rec.init_memory()
+    for t in range(3):
+        memory = rec.store(memory, {p: m[t] for p, m in stored.items()})
+    images = rng.integers(0, 256, (8, 28, 28, 1), dtype=np.uint8)
+    scores = hopsupsup.initial_scores(stored)
+    frac = 0.25
+
+    def reference(scores):
+        masks = {p: s + jax.lax.stop_gradient((s >= 0).astype(s.dtype) - s)
+                 for p, s in scores.items()}
+        x = (jnp.asarray(images, jnp.float32) / 255.0 - 0.5) / 0.25
+        logits, _ = net.apply(masking.mask_params(net.params, masks), {}, x, False)
+        logp = jax.nn.log_softmax(logits)
+        h = jnp.mean(-jnp.sum(jnp.exp(logp) * logp, -1))
+        e = sum(-0.5 * (2 * masks[p] - 1) @ memory[p] @ (2 * masks[p] - 1) for p in masks)
+        return (1 - frac) * h + 0.3 * frac * e
+
+    g = jax.grad(reference)(scores)
+    want = {p: np.asarray(scores[p] - 2.0 * (g[p] + 0.01 * scores[p])) for p in scores}
+    got, _, _, _ = rec._step(net.params, memory, scores, rec.optimizer.init(scores),
+                             jnp.asarray(images), jnp.float32(frac))
+    assert any(np.any(np.asarray(g[p]) != 0) for p in g)
+    for p in scores:
+        np.testing.assert_allclose(np.asarray(got[p]), want[p], rtol=1e-4, atol=1e-5)
+
+    # The schedule: batch b of N is weighted (1 - b/N) H + gamma (b/N) E, b = 1..N.
+    fracs = []
+    step = rec._step
+    monkeypatch.setattr(rec, "_step", lambda *a: (fracs.append(float(a[-1])), step(*a))[1])
+    many = np.concatenate([images] * 3)  # 24 images: 3 batches of 8
+    rec.recover(memory, stored, many)
+    np.testing.assert_allclose(fracs, [1 / 3, 2 / 3, 1.0], rtol=1e-6)
