@@ -19,8 +19,8 @@ Figures (SPEC 2.2):
 * ``batche_oneshot``: PermutedMNIST: One-Shot task inference on BatchE's rank-one factors
   (BatchE GNu, output 500) against SupSup GNu and BatchE GG (paper Fig. 5 right);
   ``batche_oneshot_fashion``: its Fashion-MNIST twin;
-* ``rotated``: RotatedMNIST 36 tasks, FC 1024-1024: SupSup GNu (Binary H) against BatchE GG and
-  PSP GG (paper Fig. 5 left); ``rotated_fashion``: its Fashion-MNIST twin;
+* ``rotated``: RotatedMNIST 36 tasks, FC 1024-1024: SupSup GNu (Binary H, and G) against BatchE
+  GG and PSP GG (paper Fig. 5 left); ``rotated_fashion``: its Fashion-MNIST twin;
 * ``splitcifar100``: GG SplitCIFAR100 (paper Fig. 2 right): SupSup, SupSup Transfer, BatchE,
   BatchE Rand W, separate heads, separate heads Rand W, upper bound, lower bound.
 """
@@ -74,11 +74,13 @@ FIGURES: dict[str, list[tuple[str, str, str, dict]]] = {
     ],
     "rotated": [
         ("supsup_gnu_h", _P, "supsup,rotated", {}),
+        ("supsup_gnu_g", _P, "supsup,rotated,g", {}),
         ("batche_gg", _P, "batche,rotated", {}),
         ("psp_gg", _P, "psp,rotated", {}),
     ],
     "rotated_fashion": [
         ("supsup_gnu_h", _P, "supsup,rotated,fashion", {}),
+        ("supsup_gnu_g", _P, "supsup,rotated,g,fashion", {}),
         ("batche_gg", _P, "batche,rotated,fashion", {}),
         ("psp_gg", _P, "psp,rotated,fashion", {}),
     ],

@@ -139,21 +139,27 @@ def evaluate_unknown_task(
     _check(network, bank, images, labels, how, batch_size, true_task, shared_labels)
     params = network.params if params is None else params
     n = len(labels)
-    order = np.asarray(jax.random.permutation(key, n))
-    pad = -n % batch_size
-    x = np.concatenate([np.asarray(images)[order],
-                        np.zeros((pad, *images.shape[1:]), np.uint8)])
-    y = np.concatenate([np.asarray(labels, np.int32)[order], np.full(pad, -1, np.int32)])
-    x = x.reshape(-1, batch_size, *images.shape[1:])
-    y = y.reshape(-1, batch_size)
+    x, y = shuffled_batches(images, labels, key, batch_size)
     correct, task_correct = _evaluate_batches(
-        params, bank, jnp.asarray(x), jnp.asarray(y),
+        params, bank, x, y,
         jnp.int32(-1 if true_task is None else true_task), network=network, how=how,
         preprocess=preprocess, shared_labels=shared_labels)
     out = {"accuracy": float(correct) / n}
     if true_task is not None:
         out["task_accuracy"] = float(task_correct) / n
     return out
+
+
+def shuffled_batches(images, labels, key: jax.Array, batch_size: int):
+    """The test set shuffled by ``key`` into ``(x [nb, B, ...] uint8, y [nb, B] int32)``; the
+    last batch is padded with zero images and label -1 (which no accuracy counts)."""
+    n = len(labels)
+    order = np.asarray(jax.random.permutation(key, n))
+    pad = -n % batch_size
+    x = np.concatenate([np.asarray(images)[order], np.zeros((pad, *images.shape[1:]), np.uint8)])
+    y = np.concatenate([np.asarray(labels, np.int32)[order], np.full(pad, -1, np.int32)])
+    return (jnp.asarray(x.reshape(-1, batch_size, *images.shape[1:])),
+            jnp.asarray(y.reshape(-1, batch_size)))
 
 
 def _check(network, bank, images, labels, how, batch_size, true_task, shared_labels):

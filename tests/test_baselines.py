@@ -393,13 +393,14 @@ def test_compare_draws_every_method(tmp_path, fashion_mnist):
     runs = compare.run_figure("rotated_fashion", tmp_path, tiny=True, quiet=True,
                               extra={"steps": 5, "max_eval_examples": 128,
                                      "tensorboard": False})
-    assert set(runs) == {"supsup_gnu_h", "batche_gg", "psp_gg"}
+    assert set(runs) == {"supsup_gnu_h", "supsup_gnu_g", "batche_gg", "psp_gg"}
     assert os.path.getsize(tmp_path / "comparison.png") > 0
     text = (tmp_path / "comparison.md").read_text()
     assert all(f"| {label} |" in text for label in runs)
     assert runs["supsup_gnu_h"]["scenario"] == "GNu" and runs["psp_gg"]["scenario"] == "GG"
     assert all(r["config"]["stream"] == "rotated" for r in runs.values())
     assert runs["supsup_gnu_h"]["config"]["inference"]["method"] == "binary"
+    assert [runs[f"supsup_gnu_{o}"]["config"]["inference"]["objective"] for o in "hg"] == ["h", "g"]
     with pytest.raises(ValueError, match="no methods"):
         compare.run_figure("permuted_fashion10", tmp_path, only=["ewc"])
 

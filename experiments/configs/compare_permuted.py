@@ -13,7 +13,7 @@ per task, FC 1024-1024 or LeNet 300-100 with ``lenet``):
   orthogonal context per task and layer (``binary``: +-1 contexts).
 
 ``rotated`` swaps the stream for RotatedMNIST (36 tasks, 10 degrees apart; paper Fig. 5 left):
-SupSup is then exactly ``gnu_rotated.py`` (output 200, Binary H on the full batch).
+SupSup is then exactly ``gnu_rotated.py`` (output 200, Binary H on the full batch; ``g``: G).
 
 Reproduce (``fashion``: PermutedFashionMNIST, which runs here; ``tiny``: CPU smoke test):
 
@@ -41,8 +41,8 @@ def get_config(variants: str | None = None):
         if bad:
             raise ValueError(f"variants {sorted(bad)} do not apply to supsup")
         if "rotated" in rest:
-            if rest & {"lenet", "g"}:
-                raise ValueError("the rotated comparison is FC 1024-1024 with Binary H")
+            if "lenet" in rest:
+                raise ValueError("the rotated comparison is FC 1024-1024")
             c = gnu_rotated.get_config(",".join(sorted(rest - {"rotated", "h"})))
             c.name = c.name.replace("gnu_rotated", "compare_rotated_supsup", 1)
             return c

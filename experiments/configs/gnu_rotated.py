@@ -1,5 +1,6 @@
 """GNu RotatedMNIST: 36 tasks rotated by 10 degrees each, FC 1024-1024 with output 200, Binary
-task inference with H on the full batch of 128 (paper Fig. 5 left; SPEC 2.2). Reproduce:
+task inference with H on the full batch of 128 (paper Fig. 5 left; SPEC 2.2); ``g``: with G.
+Reproduce:
 
     python -m experiments.run --config=experiments/configs/gnu_rotated.py --workdir=runs/rotated
 """
@@ -17,4 +18,8 @@ def get_config(variants: str | None = None):
     c.inference.objective = "h"
     c.inference.m = 128
     c.eval_at = (2, 5, 10, 15, 20, 25, 30, 35, 36)
-    return apply_common_variants(c, parse_variants(variants), set())
+    v = parse_variants(variants)
+    if "g" in v:  # the superfluous-neuron objective instead of the paper's H
+        c.inference.objective = "g"
+        c.name += "_g"
+    return apply_common_variants(c, v, {"g"})

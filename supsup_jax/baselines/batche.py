@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from supsup_jax import inference, masking
+from supsup_jax import inference, masking, scenarios
 from supsup_jax.baselines import core
 from supsup_jax.models.network import Network
 
@@ -197,16 +197,10 @@ def evaluate_unknown_task(trainer: core.MethodTrainer, state, stats, images: np.
         raise ValueError(f"m={how.m} images cannot decide a batch of {batch_size}")
     trainer._check_data(images, labels)
     n = len(labels)
-    order = np.asarray(jax.random.permutation(key, n))
-    pad = -n % batch_size
-    x = np.concatenate([np.asarray(images)[order], np.zeros((pad, *images.shape[1:]), np.uint8)])
-    y = np.concatenate([np.asarray(labels, np.int32)[order], np.full(pad, -1, np.int32)])
+    x, y = scenarios.shuffled_batches(images, labels, key, batch_size)
     fn = trainer._compiled.get(("one_shot", how))
     if fn is None:
         fn = jax.jit(lambda *a, how=how: _evaluate_batches(trainer, *a, how=how))
         trainer._compiled[("one_shot", how)] = fn
-    correct, task_correct = fn(state, stats, jnp.asarray(x.reshape(-1, batch_size,
-                                                                     *images.shape[1:])),
-                               jnp.asarray(y.reshape(-1, batch_size)), jnp.int32(true_task),
-                               jnp.int32(num_learned))
+    correct, task_correct = fn(state, stats, x, y, jnp.int32(true_task), jnp.int32(num_learned))
     return {"accuracy": float(correct) / n, "task_accuracy": float(task_correct) / n}
