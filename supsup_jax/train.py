@@ -163,6 +163,26 @@ def take_task(stacked: Params, task: int) -> Params:
     return jax.tree.map(lambda x: x[task], stacked)
 
 
+def check_data(network: Network, images, labels, padded: bool = False) -> None:
+    """Raise a clear error unless ``images`` are uint8 ``(N, *network.input_shape)`` with ``N``
+    integer labels in ``[0, num_outputs)`` (``-1`` allowed as padding when ``padded``)."""
+    shape = tuple(images.shape[1:])
+    if shape != network.input_shape:
+        raise ValueError(f"images have example shape {shape}; the network expects "
+                         f"{network.input_shape}")
+    if images.dtype != np.uint8:
+        raise ValueError(f"images must be uint8 (normalised on device), got {images.dtype}")
+    if len(labels) != images.shape[0]:
+        raise ValueError(f"{images.shape[0]} images but {len(labels)} labels")
+    labels = np.asarray(labels)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be integers, got {labels.dtype}")
+    lo = -1 if padded else 0
+    if labels.size and (labels.min() < lo or labels.max() >= network.num_outputs):
+        raise ValueError(f"labels span [{labels.min()}, {labels.max()}]; the network has "
+                         f"{network.num_outputs} outputs")
+
+
 class Trainer:
     """Compiled mask training and evaluation for one network, mask rule and optimiser.
 
@@ -459,21 +479,7 @@ class Trainer:
 
     # ---------------------------------------------------------------------------- checking
     def _check_data(self, images, labels, padded: bool = False) -> None:
-        shape = tuple(images.shape[1:])
-        if shape != self.network.input_shape:
-            raise ValueError(f"images have example shape {shape}; the network expects "
-                             f"{self.network.input_shape}")
-        if images.dtype != np.uint8:
-            raise ValueError(f"images must be uint8 (normalised on device), got {images.dtype}")
-        if len(labels) != images.shape[0]:
-            raise ValueError(f"{images.shape[0]} images but {len(labels)} labels")
-        labels = np.asarray(labels)
-        if not np.issubdtype(labels.dtype, np.integer):
-            raise ValueError(f"labels must be integers, got {labels.dtype}")
-        lo = -1 if padded else 0
-        if labels.size and (labels.min() < lo or labels.max() >= self.network.num_outputs):
-            raise ValueError(f"labels span [{labels.min()}, {labels.max()}]; the network has "
-                             f"{self.network.num_outputs} outputs")
+        check_data(self.network, images, labels, padded)
 
     def _check_masks(self, masks, *, stacked: bool) -> None:
         if set(masks) != set(self.weights):

@@ -327,15 +327,4 @@ class MethodTrainer:
                               jnp.asarray(labels, jnp.int32))
 
     def _check_data(self, images, labels) -> None:
-        shape = tuple(images.shape[1:])
-        if shape != self.network.input_shape:
-            raise ValueError(f"images have example shape {shape}; the network expects "
-                             f"{self.network.input_shape}")
-        if images.dtype != np.uint8:
-            raise ValueError(f"images must be uint8 (normalised on device), got {images.dtype}")
-        labels = np.asarray(labels)
-        if len(labels) != images.shape[0]:
-            raise ValueError(f"{images.shape[0]} images but {len(labels)} labels")
-        if labels.size and (labels.min() < 0 or labels.max() >= self.network.num_outputs):
-            raise ValueError(f"labels span [{labels.min()}, {labels.max()}]; the network has "
-                             f"{self.network.num_outputs} outputs")
+        train_lib.check_data(self.network, images, labels)
