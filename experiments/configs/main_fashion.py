@@ -1,7 +1,7 @@
 """The main job: GNu PermutedFashionMNIST, FC 1024-1024 (output 500), objective G, 20 tasks.
 
 The paper's protocol (1000 steps of batch 128, RMSprop 1e-4, threshold masks), One-Shot from one
-image per test batch of 128; about 9 minutes on a 2-core CPU. Reproduce:
+image per test batch of 128; about 6 minutes on a 2-core CPU. Reproduce:
 
     python -m experiments.run --config=experiments/configs/main_fashion.py --workdir=runs/main
 """
