@@ -18,21 +18,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from common import device, write_result  # benchmarks/ is on the path when run as a script
+from oneshot import random_bank
 
 from supsup_jax import bank as bank_lib
 from supsup_jax import inference, masking, models
 from supsup_jax import train as train_lib
-
-sys.path.insert(0, os.path.dirname(__file__))
-from oneshot import random_bank  # noqa: E402
 
 _COMPILES = [0]
 
@@ -108,13 +105,9 @@ def main(argv=None):
     loops = [task_loop(args.loop_tasks, cap, args.loop_steps) for cap in (args.loop_tasks, 8)]
     for row in loops:
         print(json.dumps(row), flush=True)
-    result = {"benchmark": "add_task", "device": f"{jax.devices()[0].device_kind} "
-              f"({platform.machine()}, {os.cpu_count()} cores)", "jax": jax.__version__,
+    result = {"benchmark": "add_task", "device": device(), "jax": jax.__version__,
               "add": adds, "task_loop": loops}
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -15,13 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 
 import jax
+from common import device, write_result  # benchmarks/ is on the path when run as a script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -62,8 +62,7 @@ def main(argv=None):
     p.add_argument("--out", default="benchmarks/results/end_to_end.json")
     args = p.parse_args(argv)
 
-    out = {"benchmark": "end_to_end", "device": f"{jax.devices()[0].device_kind} "
-           f"({platform.machine()}, {os.cpu_count()} cores)", "jax": jax.__version__}
+    out = {"benchmark": "end_to_end", "device": device(), "jax": jax.__version__}
     with tempfile.TemporaryDirectory() as tmp:
         r = run("experiments/configs/main_fashion.py",
                 {"num_tasks": args.tasks, "eval_at": f"({args.tasks},)"}, f"{tmp}/protocol")
@@ -88,10 +87,7 @@ def main(argv=None):
             "task_inference_accuracy": res["task_inference_accuracy"],
             "mean_wall_time_per_task_s": sum(res["wall_time_per_task"]) / n}
         print(json.dumps(out["memory"]), flush=True)
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(out, f, indent=2)
-    print(f"wrote {args.out}")
+    write_result(args.out, out)
 
 
 if __name__ == "__main__":

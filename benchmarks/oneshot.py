@@ -21,14 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from common import device, write_result  # benchmarks/ is on the path when run as a script
 
 from supsup_jax import bank as bank_lib
 from supsup_jax import inference, kernels, masking, models
@@ -157,14 +156,10 @@ def main(argv=None):
             row = run_case(model, k, args)
             rows.append(row)
             print(json.dumps(row), flush=True)
-    result = {"benchmark": "oneshot", "device": f"{jax.devices()[0].device_kind} "
-              f"({platform.machine()}, {os.cpu_count()} cores)",
+    result = {"benchmark": "oneshot", "device": device(),
               "bank_products": kernels.kernel_status(), "batch": args.batch,
               "jax": jax.__version__, "rows": rows}
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

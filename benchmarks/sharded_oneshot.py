@@ -19,6 +19,7 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+from common import write_result  # noqa: E402  (benchmarks/ is on the path as a script)
 
 from supsup_jax import bank as bank_lib  # noqa: E402
 from supsup_jax import inference, masking, models, sharding  # noqa: E402
@@ -73,9 +74,7 @@ def main(argv=None):
         "first_layer_bytes_by_device": per_device,
     }
     print(json.dumps(result, indent=2))
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

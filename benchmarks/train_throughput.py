@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
@@ -19,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from common import write_result  # benchmarks/ is on the path when run as a script
 
 from supsup_jax import masking, models
 from supsup_jax import train as train_lib
@@ -90,9 +90,7 @@ def main(argv=None):
             "masked_ms_per_step": 1000 / m_sps, "dense_steps_per_s": d_sps,
             "dense_ms_per_step": 1000 / d_sps, "masked_over_dense": m_sps / d_sps}
         print(name, json.dumps(out["models"][name]), flush=True)
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(out, f, indent=2)
+    write_result(args.out, out)
 
 
 if __name__ == "__main__":
