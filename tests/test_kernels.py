@@ -1,7 +1,9 @@
 """The bank's bit-matrix products (CPU kernel and plain-JAX twin) against numpy references."""
 
+import functools
 import os
 import shutil
+import subprocess
 
 import jax
 import jax.numpy as jnp
@@ -10,9 +12,20 @@ import pytest
 
 from supsup_jax import kernels
 
-# (k, nb): tails of every loop (nb = 1..7 mod 4 and 16, odd row starts, one task), nb past the
-# kernel's 4096-byte row block, and one bank of > 2 MB so that both threads run.
-SHAPES = [(1, 1), (3, 5), (5, 6), (9, 7), (7, 33), (16, 4096 + 21), (40, 300), (600, 4099)]
+# (k, nb): tails of every loop (nb = 1..7 mod 4, 8 and 16, odd row starts, one task), nb past
+# the matvec row block (4096 bytes), its table block (64) and the vecmat column block (1024), k
+# past the 256 rows from which AVX2 and portable matvec use tables (k = 257, 600 with tails of
+# 1 and 88 rows), and banks of > 2 MB so that both threads run.
+SHAPES = [(1, 1), (3, 5), (5, 6), (9, 7), (7, 33), (16, 4096 + 21), (40, 300), (257, 70),
+          (600, 4099), (300, 1024 + 9)]
+IMPLS = [*kernels.VARIANTS, "xla"]
+
+
+def _skip_unsupported(impl):
+    if impl != "xla" and impl not in kernels.supported_variants():
+        pytest.skip(f"this CPU cannot run the {impl} kernel")
+    if impl != "xla" and shutil.which("c++") is None and shutil.which("g++") is None:
+        pytest.skip("no C++ compiler on this machine")
 
 
 def _data(k, nb, seed=0):
@@ -25,12 +38,17 @@ def _data(k, nb, seed=0):
     return bits, dense, v, alpha
 
 
+def _products(impl):
+    return (functools.partial(kernels.bits_matvec, variant=impl),
+            functools.partial(kernels.bits_vecmat, variant=impl))
+
+
 @pytest.mark.parametrize("k,nb", SHAPES)
-@pytest.mark.parametrize("impl", ["dispatch", "xla"])
+@pytest.mark.parametrize("impl", IMPLS)
 def test_products_match_unpacked_reference(k, nb, impl):
+    _skip_unsupported(impl)
     bits, dense, v, alpha = _data(k, nb)
-    matvec = kernels.bits_matvec if impl == "dispatch" else kernels.bits_matvec_xla
-    vecmat = kernels.bits_vecmat if impl == "dispatch" else kernels.bits_vecmat_xla
+    matvec, vecmat = _products(impl)
     g = jax.jit(matvec)(jnp.asarray(bits), jnp.asarray(v))
     s = jax.jit(vecmat)(jnp.asarray(alpha), jnp.asarray(bits))
     atol = 1e-5 * np.sqrt(8 * nb)
@@ -38,14 +56,35 @@ def test_products_match_unpacked_reference(k, nb, impl):
     np.testing.assert_allclose(np.asarray(s), alpha @ dense, rtol=1e-5, atol=1e-5 * np.sqrt(k))
 
 
-@pytest.mark.parametrize("impl", ["dispatch", "xla"])
+@pytest.mark.parametrize("impl", IMPLS)
 def test_matvec_computes_only_the_requested_rows(impl):
+    _skip_unsupported(impl)
     bits, dense, v, _ = _data(19, 70, seed=3)
     rows = np.random.default_rng(4).random(19) < 0.4
-    matvec = kernels.bits_matvec if impl == "dispatch" else kernels.bits_matvec_xla
+    matvec, _ = _products(impl)
     g = jax.jit(matvec)(jnp.asarray(bits), jnp.asarray(v), jnp.asarray(rows))
     np.testing.assert_allclose(np.asarray(g), np.where(rows, dense @ v, 0.0), rtol=1e-5,
                                atol=1e-4)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_binary_rounds_shrinking_candidates(impl):
+    # Binary's rounds: the gradient of a shrinking random candidate set (600, 300, ..., 1 rows:
+    # the table path, then the direct one) and the superposition at uniform alpha over it.
+    _skip_unsupported(impl)
+    bits, dense, v, _ = _data(600, 130, seed=5)
+    matvec, vecmat = (jax.jit(f) for f in _products(impl))
+    rng = np.random.default_rng(6)
+    alive = np.ones(600, bool)
+    while alive.any():
+        alpha = (alive / alive.sum()).astype(np.float32)
+        g = matvec(jnp.asarray(bits), jnp.asarray(v), jnp.asarray(alive))
+        np.testing.assert_allclose(np.asarray(g), np.where(alive, dense @ v, 0.0), rtol=1e-5,
+                                   atol=1e-4)
+        s = vecmat(jnp.asarray(alpha), jnp.asarray(bits))
+        np.testing.assert_allclose(np.asarray(s), alpha @ dense, rtol=1e-5, atol=1e-6)
+        keep = rng.permutation(np.flatnonzero(alive))[: alive.sum() // 2]
+        alive = np.isin(np.arange(600), keep)
 
 
 def test_xla_twin_is_tiling_independent(monkeypatch):
@@ -78,11 +117,56 @@ def test_bad_inputs_are_named():
 
 
 @pytest.mark.skipif((shutil.which("c++") is None and shutil.which("g++") is None)
-                    or os.environ.get("SUPSUP_JAX_KERNELS") == "0",
-                    reason="no C++ compiler on this machine, or kernels disabled")
-def test_cpu_kernel_is_built_where_a_compiler_exists():
+                    or os.environ.get("SUPSUP_JAX_KERNELS") == "0"
+                    or os.environ.get("SUPSUP_JAX_KERNEL_VARIANT") is not None,
+                    reason="no C++ compiler on this machine, or the variant set by hand")
+def test_best_supported_variant_is_built_and_named():
     # Guards against silently falling back to the ~20x slower plain-JAX products on CPU.
-    assert kernels.kernel_status() == "cpu kernel"
+    best = kernels.supported_variants()[0]
+    assert kernels.default_variant() == best
+    status = kernels.kernel_status()
+    assert status.startswith(f"cpu kernel {best} (cpu has"), status
+
+
+def test_variant_choice_follows_cpu_flags(monkeypatch):
+    for flags, best in (({"avx512f", "avx2", "fma"}, "avx512"), ({"avx2", "fma"}, "avx2"),
+                        ({"sse2"}, "portable"), (set(), "portable")):
+        monkeypatch.setattr(kernels, "cpu_flags", lambda f=frozenset(flags): f)
+        expected = best if kernels._is_x86() else "portable"
+        assert kernels.supported_variants()[0] == expected, flags
+    monkeypatch.setenv("SUPSUP_JAX_KERNEL_VARIANT", "xla")
+    assert kernels.default_variant() == "xla"
+    assert kernels.kernel_status().startswith("plain JAX (chosen by the environment")
+    monkeypatch.setenv("SUPSUP_JAX_KERNEL_VARIANT", "sse9")
+    with pytest.raises(ValueError, match="SUPSUP_JAX_KERNEL_VARIANT='sse9'"):
+        kernels.default_variant()
+
+
+def test_unknown_or_unsupported_variant_is_an_error(monkeypatch):
+    bits, v = jnp.zeros((3, 4), jnp.uint8), jnp.zeros(32)
+    with pytest.raises(ValueError, match="variant 'avx1024'"):
+        kernels.bits_matvec(bits, v, variant="avx1024")
+    monkeypatch.setattr(kernels, "cpu_flags", lambda: frozenset())
+    kernels._load.cache_clear()
+    try:
+        if kernels._is_x86():
+            with pytest.raises(RuntimeError, match="lacks avx2"):
+                kernels.bits_vecmat(jnp.zeros(3), bits, variant="avx2")
+    finally:
+        kernels._load.cache_clear()
+
+
+@pytest.mark.skipif(not kernels._is_x86() or shutil.which("objdump") is None
+                    or (shutil.which("c++") is None and shutil.which("g++") is None),
+                    reason="x86-64 with a compiler and objdump only")
+@pytest.mark.parametrize("variant,forbidden", [("avx2", "%zmm"), ("portable", "%ymm")])
+def test_lower_variants_contain_no_wider_instructions(variant, forbidden):
+    # Built without -march=native: the AVX2 build must run on a CPU without AVX-512, and the
+    # portable one on the x86-64 baseline, whatever CPU built them.
+    so = kernels._compile(variant)
+    asm = subprocess.run(["objdump", "-d", str(so)], capture_output=True, text=True,
+                         check=True).stdout
+    assert "Supsup" in asm and forbidden not in asm
 
 
 @pytest.mark.parametrize("target", ["cuda", "tpu"])

@@ -1,4 +1,4 @@
-"""Bit-matrix products of the mask bank: a C++ CPU kernel (XLA FFI) with a plain-JAX twin.
+"""Bit-matrix products of the mask bank: C++ CPU kernels (XLA FFI) with a plain-JAX twin.
 
 ``bits`` is ``uint8[k, nb]``: row ``i`` is task ``i``'s flattened mask packed 8 weights per byte
 (little bit order, as :func:`supsup_jax.bank.pack_masks` writes it). Task inference needs two
@@ -9,15 +9,23 @@ products with it (SPEC 6), and both are memory-bound streams over ``k * nb`` byt
 * :func:`bits_vecmat` ``(alpha, bits) -> s``, ``s_j = sum_i alpha_i bit_ij``: the superposed
   mask ``sum_i alpha_i M_i`` (Eq. 2).
 
-Plain JAX has no cheap way to multiply by a bit: it must unpack each bit to a float first, which
-on CPU costs ~20x the memory stream (benchmarks/oneshot.py measures both). On CPU the products
-therefore run as an XLA FFI custom call, ``kernels/bitops.cc``: with AVX-512 a 16-bit slice of a
-row is used directly as a lane mask, so one masked add consumes 16 weights. The source is
-compiled on first use with the system C++ compiler (``-O3 -march=native``) into a cache
-directory (``$SUPSUP_JAX_KERNEL_CACHE``, default ``~/.cache/supsup_jax``), keyed by the source,
-the jaxlib version and the CPU. On GPU/TPU, where no kernel is built, and on CPU when no
-compiler is found or ``SUPSUP_JAX_KERNELS=0``, the plain-JAX twin runs (bit planes unpacked one
-tile of tasks at a time); :func:`kernel_status` says which and why.
+Plain JAX has no cheap way to multiply by a bit: it must unpack each bit to a number first
+(benchmarks/oneshot.py measures the cost). On CPU the products therefore run as an XLA FFI
+custom call built from ``kernels/bitops.cc`` in one of three variants (:data:`VARIANTS`):
+
+* ``"avx512"``: a 16-bit slice of a row is a lane mask, one masked add per 16 weights;
+* ``"avx2"``: a byte indexes a 256-entry table of 8-lane masks, ``and`` + add per 8 weights;
+* ``"portable"``: plain C++ that the compiler vectorises for the baseline ISA (SSE2, NEON).
+
+Each is compiled on first use with the system C++ compiler and the variant's own flags (never
+``-march=native``, so a cached build is correct on any CPU that has the variant's ISA) into a
+cache directory (``$SUPSUP_JAX_KERNEL_CACHE``, default ``~/.cache/supsup_jax``), keyed by the
+source, the jaxlib version, the compiler and the variant. The default is the best variant the
+CPU supports (its ``/proc/cpuinfo`` flags, checked again by the built library itself before it
+is registered); ``SUPSUP_JAX_KERNEL_VARIANT`` (one of :data:`VARIANTS` or ``"xla"``) forces one,
+and ``SUPSUP_JAX_KERNELS=0`` the twin. On GPU/TPU (``lax.platform_dependent``), and on CPU when
+no compiler is found, the plain-JAX twin runs. :func:`kernel_status` says which and why. The
+variant is read when a function is traced, so it is fixed inside each compiled program.
 """
 
 from __future__ import annotations
@@ -37,72 +45,144 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-__all__ = ["bits_matvec", "bits_matvec_xla", "bits_vecmat", "bits_vecmat_xla", "kernel_status"]
+__all__ = ["VARIANTS", "bits_matvec", "bits_matvec_xla", "bits_vecmat", "bits_vecmat_xla",
+           "cpu_flags", "default_variant", "kernel_status", "supported_variants"]
 
 _SOURCE = Path(__file__).with_name("bitops.cc")
-_MATVEC, _VECMAT = "supsup_bits_matvec", "supsup_bits_vecmat"
+# Compiled variants, best first: (macro, compiler flags, CPU flags it needs).
+_BUILDS = {
+    "avx512": ("SUPSUP_AVX512", ("-mavx512f", "-mavx2", "-mfma"), ("avx512f", "avx2")),
+    "avx2": ("SUPSUP_AVX2", ("-mavx2", "-mfma"), ("avx2",)),
+    "portable": (None, (), ()),
+}
+VARIANTS = tuple(_BUILDS)
 # Upper bound on the float32 temporaries of one tile of tasks in the plain-JAX products.
 TILE_BYTES = 64 * 2**20
 
 log = logging.getLogger(__name__)
 
 
-def _cpu_id() -> str:
-    """The CPU model and its instruction-set flags: a ``-march=native`` build is only reused on
-    a CPU with the same flags (a VM may hide AVX-512 on the same model)."""
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's instruction-set flags (``/proc/cpuinfo`` ``flags``/``Features``; empty where it
+    is not readable)."""
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        return platform.processor()
-    keys = ("model name", "flags", "Features", "CPU implementer", "CPU part")
-    return "\n".join(sorted({ln for ln in lines if ln.startswith(keys)}))
+        return frozenset()
+    for line in lines:
+        if line.startswith(("flags", "Features")):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
 
 
-def _compile() -> Path:
+def _is_x86() -> bool:
+    return platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+
+
+def supported_variants() -> tuple[str, ...]:
+    """The compiled variants this CPU can run, best first (``"portable"`` always)."""
+    flags = cpu_flags()
+    return tuple(v for v, (_, _, need) in _BUILDS.items()
+                 if not need or (_is_x86() and all(f in flags for f in need)))
+
+
+def default_variant() -> str:
+    """What the products run on CPU: ``SUPSUP_JAX_KERNEL_VARIANT`` if set, ``"xla"`` (the twin)
+    if ``SUPSUP_JAX_KERNELS=0`` or the kernel cannot be built, else the best supported variant."""
+    forced = os.environ.get("SUPSUP_JAX_KERNEL_VARIANT")
+    if forced:
+        if forced != "xla" and forced not in VARIANTS:
+            raise ValueError(f"SUPSUP_JAX_KERNEL_VARIANT={forced!r}; choose one of "
+                             f"{VARIANTS + ('xla',)}")
+        return forced
+    if os.environ.get("SUPSUP_JAX_KERNELS", "1") == "0":
+        return "xla"
+    variant = supported_variants()[0]
+    return variant if _load(variant)[0] else "xla"
+
+
+def _compile(variant: str) -> Path:
     compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
     if compiler is None:
         raise RuntimeError("no C++ compiler found (set CXX)")
-    include = jax.ffi.include_dir()
+    macro, flags, _ = _BUILDS[variant]
+    cmd = ["-O3", "-shared", "-fPIC", "-std=c++17", "-w", *flags,
+           *([f"-D{macro}"] if macro else []), f"-I{jax.ffi.include_dir()}", str(_SOURCE),
+           "-pthread"]
     key = hashlib.sha256(b"\0".join(s.encode() for s in (
         _SOURCE.read_text(), jax.__version__, importlib.metadata.version("jaxlib"),
-        _cpu_id(), compiler))).hexdigest()[:16]
+        compiler, platform.machine(), *cmd))).hexdigest()[:16]
     cache = Path(os.environ.get("SUPSUP_JAX_KERNEL_CACHE",
                                 Path.home() / ".cache" / "supsup_jax"))
-    target = cache / f"bitops-{key}.so"
+    target = cache / f"bitops-{variant}-{key}.so"
     if target.exists():
         return target
     cache.mkdir(parents=True, exist_ok=True)
     # Compile to a temporary name and rename, so concurrent processes never load half a file.
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
         out = Path(tmp) / target.name
-        cmd = [compiler, "-O3", "-march=native", "-shared", "-fPIC", "-std=c++17", "-w",
-               f"-I{include}", str(_SOURCE), "-o", str(out), "-pthread"]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        proc = subprocess.run([compiler, *cmd, "-o", str(out)], capture_output=True, text=True,
+                              check=False)
         if proc.returncode != 0:
-            raise RuntimeError(f"compiling {_SOURCE.name} failed:\n{proc.stderr[-2000:]}")
+            raise RuntimeError(f"compiling {_SOURCE.name} ({variant}) failed:\n"
+                               f"{proc.stderr[-2000:]}")
         os.replace(out, target)
     return target
 
 
+def _targets(variant: str) -> tuple[str, str]:
+    return f"supsup_bits_matvec_{variant}", f"supsup_bits_vecmat_{variant}"
+
+
 @functools.cache
-def _load() -> tuple[bool, str]:
-    """Build and register the CPU kernel once per process: ``(available, reason)``."""
-    if os.environ.get("SUPSUP_JAX_KERNELS", "1") == "0":
-        return False, "disabled by SUPSUP_JAX_KERNELS=0"
+def _load(variant: str) -> tuple[bool, str]:
+    """Build and register one variant once per process: ``(available, reason)``."""
+    if variant not in supported_variants():
+        return False, f"this CPU lacks {', '.join(_BUILDS[variant][2])}"
     try:
-        lib = ctypes.cdll.LoadLibrary(str(_compile()))
-        for name, symbol in ((_MATVEC, lib.SupsupBitsMatvec), (_VECMAT, lib.SupsupBitsVecmat)):
+        lib = ctypes.cdll.LoadLibrary(str(_compile(variant)))
+        if not lib.SupsupBitsVariantSupported():
+            return False, f"the {variant} build reports this CPU cannot run it"
+        for name, symbol in zip(_targets(variant), (lib.SupsupBitsMatvec, lib.SupsupBitsVecmat),
+                                strict=True):
             jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(symbol), platform="cpu")
     except (RuntimeError, OSError, AttributeError) as e:
-        log.warning("supsup_jax: CPU bit kernel unavailable, using plain JAX (%s)", e)
+        log.warning("supsup_jax: CPU bit kernel %s unavailable, using plain JAX (%s)", variant, e)
         return False, str(e)
     return True, "compiled"
 
 
 def kernel_status() -> str:
-    """``"cpu kernel"`` or ``"plain JAX (<reason>)"``: what the bank's products run on CPU."""
-    ok, reason = _load()
-    return "cpu kernel" if ok else f"plain JAX ({reason})"
+    """E.g. ``"cpu kernel avx2 (cpu has avx2; not avx512f)"`` or ``"plain JAX (<reason>)"``:
+    what the bank's products run on CPU, and the CPU flags that chose it."""
+    variant = default_variant()
+    flags = cpu_flags()
+    relevant = sorted({f for _, _, need in _BUILDS.values() for f in need})
+    has = [f for f in relevant if f in flags]
+    lacks = [f for f in relevant if f not in flags]
+    why = f"cpu has {' '.join(has) or 'none of ' + ' '.join(relevant)}"
+    why += f"; not {' '.join(lacks)}" if has and lacks else ""
+    if os.environ.get("SUPSUP_JAX_KERNEL_VARIANT"):
+        why += "; forced by SUPSUP_JAX_KERNEL_VARIANT"
+    if variant != "xla":
+        return f"cpu kernel {variant} ({why})"
+    if os.environ.get("SUPSUP_JAX_KERNEL_VARIANT") or os.environ.get("SUPSUP_JAX_KERNELS") == "0":
+        return f"plain JAX (chosen by the environment; {why})"
+    return f"plain JAX ({_load(supported_variants()[0])[1]}; {why})"
+
+
+def _variant(variant: str | None) -> str:
+    """Check a requested variant (None: the default) and make sure it is built."""
+    variant = default_variant() if variant is None else variant
+    if variant == "xla":
+        return variant
+    if variant not in VARIANTS:
+        raise ValueError(f"variant {variant!r}; choose one of {VARIANTS + ('xla',)}")
+    ok, reason = _load(variant)
+    if not ok:
+        raise RuntimeError(f"CPU kernel variant {variant!r} is unavailable: {reason}")
+    return variant
 
 
 def _tile(k: int, nb: int) -> int:
@@ -144,10 +224,14 @@ def bits_vecmat_xla(alpha: jax.Array, bits: jax.Array) -> jax.Array:
     return out.reshape(-1)
 
 
-def bits_matvec(bits: jax.Array, v: jax.Array, rows: jax.Array | None = None) -> jax.Array:
+def bits_matvec(bits: jax.Array, v: jax.Array, rows: jax.Array | None = None, *,
+                variant: str | None = None) -> jax.Array:
     """``g = unpack(bits) @ v``: float32 ``[k]``, for uint8 ``bits [k, nb]`` and ``v [8 nb]``.
 
-    ``rows``: optional bool ``[k]``; rows where it is False are not computed and give 0.
+    Args:
+      rows: optional bool ``[k]``; rows where it is False are not computed and give 0.
+      variant: the CPU kernel to use (one of :data:`VARIANTS`, or ``"xla"`` for the twin);
+        default :func:`default_variant`. GPU/TPU always run the twin.
     """
     if bits.ndim != 2 or bits.dtype != jnp.uint8:
         raise TypeError(f"bits must be uint8[k, nb], got {bits.dtype}{list(bits.shape)}")
@@ -157,26 +241,33 @@ def bits_matvec(bits: jax.Array, v: jax.Array, rows: jax.Array | None = None) ->
         raise ValueError(f"rows has shape {rows.shape}; bits {bits.shape} need "
                          f"({bits.shape[0]},)")
     v = v.astype(jnp.float32)
-    if not _load()[0]:
+    variant = _variant(variant)
+    if variant == "xla":
         return bits_matvec_xla(bits, v, rows)
     active = (jnp.ones(bits.shape[:1], jnp.uint8) if rows is None
               else jnp.asarray(rows).astype(jnp.uint8))
-    call = jax.ffi.ffi_call(_MATVEC, jax.ShapeDtypeStruct(bits.shape[:1], jnp.float32),
+    call = jax.ffi.ffi_call(_targets(variant)[0],
+                            jax.ShapeDtypeStruct(bits.shape[:1], jnp.float32),
                             vmap_method="sequential")
     xla = lambda b, x, a: bits_matvec_xla(b, x, a.astype(bool))
     return jax.lax.platform_dependent(bits, v, active, cpu=call, default=xla)
 
 
-def bits_vecmat(alpha: jax.Array, bits: jax.Array) -> jax.Array:
-    """``s = alpha @ unpack(bits)``: float32 ``[8 nb]``, for ``alpha [k]`` and ``bits [k, nb]``."""
+def bits_vecmat(alpha: jax.Array, bits: jax.Array, *, variant: str | None = None) -> jax.Array:
+    """``s = alpha @ unpack(bits)``: float32 ``[8 nb]``, for ``alpha [k]`` and ``bits [k, nb]``.
+
+    ``variant``: as in :func:`bits_matvec`.
+    """
     if bits.ndim != 2 or bits.dtype != jnp.uint8:
         raise TypeError(f"bits must be uint8[k, nb], got {bits.dtype}{list(bits.shape)}")
     if alpha.shape != bits.shape[:1]:
         raise ValueError(f"alpha has shape {alpha.shape}; bits {bits.shape} need "
                          f"({bits.shape[0]},)")
     alpha = alpha.astype(jnp.float32)
-    if not _load()[0]:
+    variant = _variant(variant)
+    if variant == "xla":
         return bits_vecmat_xla(alpha, bits)
-    call = jax.ffi.ffi_call(_VECMAT, jax.ShapeDtypeStruct((8 * bits.shape[1],), jnp.float32),
+    call = jax.ffi.ffi_call(_targets(variant)[1],
+                            jax.ShapeDtypeStruct((8 * bits.shape[1],), jnp.float32),
                             vmap_method="sequential")
     return jax.lax.platform_dependent(alpha, bits, cpu=call, default=bits_vecmat_xla)

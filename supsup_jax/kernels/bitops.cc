@@ -4,9 +4,16 @@
 // (bit b of byte j is weight 8j+b). Two products, never unpacking bits into floats in memory:
 //   SupsupBitsMatvec:  out[i] = sum_j bit(i, j) * v[j]       (dL/dalpha, SPEC 6; active rows)
 //   SupsupBitsVecmat:  out[j] = sum_i alpha[i] * bit(i, j)   (the superposed mask, Eq. 2)
-// With AVX-512 a 16-bit slice of a row is directly a lane mask, so one masked add handles 16
-// weights; otherwise a portable loop that the compiler vectorises as it can. Rows (matvec) or
-// column blocks (vecmat) are split across threads.
+//
+// One source, three instruction-set variants, chosen by the macro the build defines
+// (supsup_jax/kernels/__init__.py builds each with its own flags, never -march=native):
+//   SUPSUP_AVX512:  16 bits of a row are directly a lane mask; one masked add per 16 weights.
+//   SUPSUP_AVX2:    a byte indexes a 256-entry table of 8-lane masks (8 KiB, stays in L1);
+//                   and + add per 8 weights.
+//   (neither):      portable C++: the same table as 0/1 floats and a multiply-add over 8 lanes,
+//                   which compilers vectorise on their own (SSE2, NEON, ...); no intrinsics.
+// Several rows share each load of v (matvec); rows (matvec) or column chunks (vecmat) are split
+// across threads. The portable routines also handle every variant's tails.
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
@@ -14,7 +21,7 @@
 #include <thread>
 #include <vector>
 
-#if defined(__AVX512F__)
+#if defined(SUPSUP_AVX512) || defined(SUPSUP_AVX2)
 #include <immintrin.h>
 #endif
 
@@ -46,7 +53,55 @@ void ParallelFor(int64_t n, int threads, F f) {
   for (auto& th : pool) th.join();
 }
 
-#if defined(__AVX512F__)
+// bits[b][q] = bit q of byte b as a float (portable), masks[b][q] as a lane mask (AVX2).
+// constexpr: built at compile time, so loading a variant runs none of its instructions.
+struct Tables {
+  alignas(64) float bits[256][8] = {};
+  alignas(64) uint32_t masks[256][8] = {};
+  constexpr Tables() {
+    for (int b = 0; b < 256; ++b)
+      for (int q = 0; q < 8; ++q) {
+        bits[b][q] = static_cast<float>((b >> q) & 1);
+        masks[b][q] = ((b >> q) & 1) ? 0xFFFFFFFFu : 0u;
+      }
+  }
+};
+constexpr Tables kTables{};
+
+// Vecmat walks down the rows of a column chunk, a stride no hardware prefetcher follows: ask for
+// the row kAhead rows below (a compiler builtin on GCC and clang, nothing elsewhere).
+constexpr int64_t kAhead = 16;
+inline void Prefetch(const void* p) {
+#if defined(__GNUC__)
+  __builtin_prefetch(p);
+#endif
+}
+
+// Bytes of a row handled per block of matvec: that block's 128 KiB of v (8 floats per byte)
+// stays in L2 while every row of the thread's share streams past it.
+constexpr int64_t kBlock = 4096;
+
+// Portable: out[r] += <rows[r][j0..nbytes), v> for R rows at once, 8 float lanes per byte.
+template <int R>
+void RowsDotPortable(const uint8_t* const* rows, const float* v, int64_t j0, int64_t nbytes,
+                     float* const* out) {
+  if (j0 >= nbytes) return;
+  float acc[R][8] = {};
+  for (int64_t j = j0; j < nbytes; ++j) {
+    const float* vj = v + 8 * j;
+    for (int r = 0; r < R; ++r) {
+      const float* t = kTables.bits[rows[r][j]];
+      for (int q = 0; q < 8; ++q) acc[r][q] += t[q] * vj[q];
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    float s = 0.f;
+    for (int q = 0; q < 8; ++q) s += acc[r][q];
+    *out[r] += s;
+  }
+}
+
+#if defined(SUPSUP_AVX512)
 // 16 bits at any byte address as a lane mask (memcpy: rows of odd length are unaligned).
 inline __mmask16 Mask16(const uint8_t* p) {
   uint16_t m;
@@ -55,16 +110,11 @@ inline __mmask16 Mask16(const uint8_t* p) {
 }
 #endif
 
-// Bytes of a row handled per block of matvec: that block's 128 KiB of v (8 floats per byte)
-// stays in L2 while every row of the thread's share streams past it.
-constexpr int64_t kBlock = 4096;
-
-// out[r] += <rows[r], v> for R rows at once, over nbytes bytes. Each 16 floats of v are loaded
-// once for the R rows, and a row's 16 bits load straight into a lane mask.
+// out[r] += <rows[r], v> for R rows at once, over nbytes bytes; each load of v serves R rows.
 template <int R>
 void RowsDot(const uint8_t* const* rows, const float* v, int64_t nbytes, float* const* out) {
   int64_t j = 0;
-#if defined(__AVX512F__)
+#if defined(SUPSUP_AVX512)
   __m512 acc[R][2];
   for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
   for (; j + 4 <= nbytes; j += 4) {
@@ -77,16 +127,103 @@ void RowsDot(const uint8_t* const* rows, const float* v, int64_t nbytes, float* 
     }
   }
   for (int r = 0; r < R; ++r) *out[r] += _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]));
-#endif
+#elif defined(SUPSUP_AVX2)
+  const float* masks = reinterpret_cast<const float*>(kTables.masks);
+  __m256 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
   for (; j < nbytes; ++j) {
-    for (int r = 0; r < R; ++r) {
-      const uint8_t b = rows[r][j];
-      float t = 0.f;
-      for (int q = 0; q < 8; ++q) t += ((b >> q) & 1) ? v[8 * j + q] : 0.f;
-      *out[r] += t;
+    const __m256 vj = _mm256_loadu_ps(v + 8 * j);
+    for (int r = 0; r < R; ++r)
+      acc[r] = _mm256_add_ps(acc[r], _mm256_and_ps(_mm256_load_ps(masks + 8 * rows[r][j]), vj));
+  }
+  for (int r = 0; r < R; ++r) {
+    const __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc[r]), _mm256_extractf128_ps(acc[r], 1));
+    const __m128 q = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    *out[r] += _mm_cvtss_f32(_mm_add_ss(q, _mm_shuffle_ps(q, q, 1)));
+  }
+#endif
+  RowsDotPortable<R>(rows, v, j, nbytes, out);
+}
+
+// Matvec by tables of partial sums, for many rows: for a block of kTab byte positions, sums[j][c]
+// = sum of v over the set bits of byte value c (256 floats per position, built once by doubling
+// and shared by every row), so each row-byte costs one lookup and one add, for any ISA.
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+constexpr int kFirstByteShift = 56, kByteStep = -8;  // byte q of a loaded uint64
+#else
+constexpr int kFirstByteShift = 0, kByteStep = 8;
+#endif
+constexpr int64_t kTab = 64;  // 64 KiB of tables, in L1/L2 (measured against 16 .. 1024)
+
+// sums[j][16 h + l] = low[l] + high[h]: two 16-entry nibble tables (by doubling), then a
+// 16 x 16 outer sum that vectorises.
+void BuildSums(const float* v, int64_t len, float (*sums)[256]) {
+  for (int64_t j = 0; j < len; ++j) {
+    float low[16], high[16];
+    low[0] = high[0] = 0.f;
+    for (int q = 0; q < 4; ++q)
+      for (int c = 0; c < (1 << q); ++c) {
+        low[(1 << q) + c] = low[c] + v[8 * j + q];
+        high[(1 << q) + c] = high[c] + v[8 * j + 4 + q];
+      }
+    for (int h = 0; h < 16; ++h)
+      for (int l = 0; l < 16; ++l) sums[j][16 * h + l] = low[l] + high[h];
+  }
+}
+
+// part[i] += <row idx[i], v> over bytes [c0, c1) (a multiple of kTab, or nb), for i < n.
+// Threads split the columns, so each builds only its own tables.
+void MatvecTable(const uint8_t* b, int64_t nb, const float* v, const int64_t* idx, int64_t n,
+                 int64_t c0, int64_t c1, float* part) {
+  alignas(64) float sums[kTab][256];
+  const int64_t lo = 0, hi = n;
+  for (int64_t j0 = c0; j0 < c1; j0 += kTab) {
+    const int64_t len = std::min(kTab, c1 - j0);
+    BuildSums(v + 8 * j0, len, sums);
+    int64_t i = lo;
+    for (; i + 4 <= hi; i += 4) {
+      const uint8_t* r0 = b + idx[i] * nb + j0;
+      const uint8_t* r1 = b + idx[i + 1] * nb + j0;
+      const uint8_t* r2 = b + idx[i + 2] * nb + j0;
+      const uint8_t* r3 = b + idx[i + 3] * nb + j0;
+      if (i + 4 + kAhead / 2 < hi) {
+        for (int r = 0; r < 4; ++r) Prefetch(b + idx[i + kAhead / 2 + r] * nb + j0);
+      }
+      // Two sums per row: eight independent add chains hide the adds' latency.
+      float s[4][2] = {};
+      int64_t j = 0;
+      for (; j + 8 <= len; j += 8) {
+        uint64_t w[4];
+        std::memcpy(&w[0], r0 + j, 8), std::memcpy(&w[1], r1 + j, 8);
+        std::memcpy(&w[2], r2 + j, 8), std::memcpy(&w[3], r3 + j, 8);
+        for (int q = 0; q < 8; ++q) {
+          const float* t = sums[j + q];
+          const int shift = kFirstByteShift + kByteStep * q;
+          for (int r = 0; r < 4; ++r) s[r][q & 1] += t[(w[r] >> shift) & 0xFF];
+        }
+      }
+      for (; j < len; ++j) {
+        const float* t = sums[j];
+        s[0][0] += t[r0[j]], s[1][0] += t[r1[j]], s[2][0] += t[r2[j]], s[3][0] += t[r3[j]];
+      }
+      for (int r = 0; r < 4; ++r) part[i + r] += s[r][0] + s[r][1];
+    }
+    for (; i < hi; ++i) {
+      const uint8_t* r0 = b + idx[i] * nb + j0;
+      float s0 = 0.f;
+      for (int64_t j = 0; j < len; ++j) s0 += sums[j][r0[j]];
+      part[i] += s0;
     }
   }
 }
+
+// From how many rows the tables beat the variant's direct loop (measured, benchmarks/README.md):
+// never for AVX-512's masked adds.
+#if defined(SUPSUP_AVX512)
+constexpr int64_t kTableRows = INT64_MAX;
+#else
+constexpr int64_t kTableRows = 256;
+#endif
 
 // Rows with active[i] == 0 are skipped and get 0 (Binary needs only its remaining candidates).
 ffi::Error MatvecImpl(ffi::Buffer<ffi::U8> bits, ffi::Buffer<ffi::F32> v,
@@ -106,6 +243,20 @@ ffi::Error MatvecImpl(ffi::Buffer<ffi::U8> bits, ffi::Buffer<ffi::F32> v,
     if (active.typed_data()[i]) idx.push_back(i);
   }
   const int64_t n = static_cast<int64_t>(idx.size());
+  if (n >= kTableRows) {
+    const int64_t blocks = (nb + kTab - 1) / kTab;
+    const int threads = static_cast<int>(std::min<int64_t>(NumThreads(n * nb), blocks));
+    std::vector<std::vector<float>> parts(threads, std::vector<float>(n, 0.f));
+    const int64_t per = (blocks + threads - 1) / threads;
+    ParallelFor(threads, threads, [&](int64_t lo, int64_t hi) {
+      for (int64_t t = lo; t < hi; ++t)
+        MatvecTable(b, nb, x, idx.data(), n, std::min(nb, t * per * kTab),
+                    std::min(nb, (t + 1) * per * kTab), parts[t].data());
+    });
+    for (const auto& part : parts)
+      for (int64_t i = 0; i < n; ++i) o[idx[i]] += part[i];
+    return ffi::Error::Success();
+  }
   ParallelFor(n, NumThreads(n * nb), [&](int64_t lo, int64_t hi) {
     constexpr int R = 8;
     const uint8_t* rows[R];
@@ -126,32 +277,45 @@ ffi::Error MatvecImpl(ffi::Buffer<ffi::U8> bits, ffi::Buffer<ffi::F32> v,
   return ffi::Error::Success();
 }
 
-// out[8*j0 .. 8*(j0+len)) = sum_i alpha_i * bits of row i there; len <= 16 bytes.
-void ColumnChunk(const uint8_t* b, const float* alpha, int64_t k, int64_t nb, int64_t j0,
-                 int64_t len, float* o) {
-#if defined(__AVX512F__)
-  if (len == 16) {
-    __m512 acc[8];
-    for (int c = 0; c < 8; ++c) acc[c] = _mm512_setzero_ps();
-    for (int64_t i = 0; i < k; ++i) {
-      if (alpha[i] == 0.f) continue;  // Binary's eliminated tasks and empty slots
-      const __m512 a = _mm512_set1_ps(alpha[i]);
-      const uint8_t* m = b + i * nb + j0;
-      for (int c = 0; c < 8; ++c) acc[c] = _mm512_mask_add_ps(acc[c], Mask16(m + 2 * c), acc[c], a);
-    }
-    for (int c = 0; c < 8; ++c) _mm512_storeu_ps(o + 16 * c, acc[c]);
-    return;
+// Vecmat streams each row's bytes of one column block of kCols bytes into float accumulators
+// for that block (8 * kCols floats = 32 KiB, kept in L1), four rows per pass over them: rows are
+// read sequentially (a stride down the rows would defeat the hardware prefetcher).
+constexpr int64_t kCols = 1024;
+
+// acc[0 .. 8 len) += sum_r a[r] * bits of rows[r][0 .. len), R rows.
+template <int R>
+void AccumulateRows(const uint8_t* const* rows, const float* a, int64_t len, float* acc) {
+  int64_t j = 0;
+#if defined(SUPSUP_AVX512)
+  __m512 av[R];
+  for (int r = 0; r < R; ++r) av[r] = _mm512_set1_ps(a[r]);
+  for (; j + 2 <= len; j += 2) {
+    __m512 x = _mm512_loadu_ps(acc + 8 * j);
+    for (int r = 0; r < R; ++r) x = _mm512_mask_add_ps(x, Mask16(rows[r] + j), x, av[r]);
+    _mm512_storeu_ps(acc + 8 * j, x);
+  }
+#elif defined(SUPSUP_AVX2)
+  const float* masks = reinterpret_cast<const float*>(kTables.masks);
+  __m256 av[R];
+  for (int r = 0; r < R; ++r) av[r] = _mm256_set1_ps(a[r]);
+  for (; j < len; ++j) {
+    __m256 x = _mm256_loadu_ps(acc + 8 * j);
+    for (int r = 0; r < R; ++r)
+      x = _mm256_add_ps(x, _mm256_and_ps(_mm256_load_ps(masks + 8 * size_t{rows[r][j]}), av[r]));
+    _mm256_storeu_ps(acc + 8 * j, x);
   }
 #endif
-  float acc[128] = {0.f};
-  for (int64_t i = 0; i < k; ++i) {
-    const float a = alpha[i];
-    if (a == 0.f) continue;
-    const uint8_t* row = b + i * nb + j0;
-    for (int64_t j = 0; j < len; ++j)
-      for (int t = 0; t < 8; ++t) acc[8 * j + t] += ((row[j] >> t) & 1) ? a : 0.f;
+  float ar[R];  // local copies: no aliasing with acc, so the 8 lanes stay in registers
+  for (int r = 0; r < R; ++r) ar[r] = a[r];
+  for (; j < len; ++j) {
+    float x[8];
+    std::memcpy(x, acc + 8 * j, sizeof x);
+    for (int r = 0; r < R; ++r) {
+      const float* t = kTables.bits[rows[r][j]];
+      for (int q = 0; q < 8; ++q) x[q] += t[q] * ar[r];
+    }
+    std::memcpy(acc + 8 * j, x, sizeof x);
   }
-  std::memcpy(o, acc, sizeof(float) * 8 * len);
 }
 
 ffi::Error VecmatImpl(ffi::Buffer<ffi::F32> alpha, ffi::Buffer<ffi::U8> bits,
@@ -164,17 +328,52 @@ ffi::Error VecmatImpl(ffi::Buffer<ffi::F32> alpha, ffi::Buffer<ffi::U8> bits,
   const uint8_t* b = bits.typed_data();
   const float* a = alpha.typed_data();
   float* o = out->typed_data();
-  const int64_t chunks = (nb + 15) / 16;
-  ParallelFor(chunks, NumThreads(k * nb), [&](int64_t lo, int64_t hi) {
+  std::vector<int64_t> idx;  // rows with alpha != 0: Binary's survivors, never empty slots
+  for (int64_t i = 0; i < k; ++i)
+    if (a[i] != 0.f) idx.push_back(i);
+  const int64_t n = static_cast<int64_t>(idx.size());
+  const int64_t blocks = (nb + kCols - 1) / kCols;
+  ParallelFor(blocks, NumThreads(n * nb), [&](int64_t lo, int64_t hi) {
+    constexpr int R = 4;
+    const uint8_t* rows[R];
+    float ar[R];
     for (int64_t c = lo; c < hi; ++c) {
-      const int64_t j0 = 16 * c;
-      ColumnChunk(b, a, k, nb, j0, std::min<int64_t>(16, nb - j0), o + 8 * j0);
+      const int64_t j0 = kCols * c, len = std::min(kCols, nb - j0);
+      float* acc = o + 8 * j0;  // accumulate in place: this block's outputs are in L1 anyway
+      std::memset(acc, 0, sizeof(float) * 8 * len);
+      int64_t i = 0;
+      for (; i + R <= n; i += R) {
+        for (int r = 0; r < R; ++r) rows[r] = b + idx[i + r] * nb + j0, ar[r] = a[idx[i + r]];
+        AccumulateRows<R>(rows, ar, len, acc);
+      }
+      for (; i < n; ++i) {
+        rows[0] = b + idx[i] * nb + j0, ar[0] = a[idx[i]];
+        AccumulateRows<1>(rows, ar, len, acc);
+      }
     }
   });
   return ffi::Error::Success();
 }
 
 }  // namespace
+
+// Whether this CPU runs the variant this file was built as (checked before it is registered, so
+// a wrong guess about the CPU can never execute an illegal instruction). Built for the baseline
+// ISA, so that the check itself runs anywhere.
+#if defined(__x86_64__) || defined(__i386__)
+__attribute__((target("arch=x86-64")))
+#endif
+extern "C" int SupsupBitsVariantSupported() {
+#if defined(SUPSUP_AVX512)
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2");
+#elif defined(SUPSUP_AVX2)
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2");
+#else
+  return 1;
+#endif
+}
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SupsupBitsMatvec, MatvecImpl,
                               ffi::Ffi::Bind()
