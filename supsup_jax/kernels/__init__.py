@@ -201,12 +201,39 @@ def _tiles(bits: jax.Array) -> jax.Array:
     return jnp.pad(bits, ((0, -k % tile), (0, 0))).reshape(-1, tile, nb)
 
 
+def _byte_sums(v8: jax.Array) -> jax.Array:
+    """float32 ``[L, 256]``: entry ``[j, c]`` is the sum of ``v8[j]`` over the set bits of byte
+    value ``c`` (a nibble table each, then their outer sum: exact adds in a fixed order)."""
+    nib = ((jnp.arange(16)[:, None] >> jnp.arange(4)[None, :]) & 1).astype(bool)  # [16, 4]
+    low = jnp.sum(jnp.where(nib[None], v8[:, None, :4], 0.0), axis=-1)  # [L, 16]
+    high = jnp.sum(jnp.where(nib[None], v8[:, None, 4:], 0.0), axis=-1)
+    return (high[:, :, None] + low[:, None, :]).reshape(-1, 256)
+
+
+def _matvec_block(bits: jax.Array, v8: jax.Array) -> jax.Array:
+    sums = _byte_sums(v8)  # [L, 256]: one lookup per byte of a row instead of 8 unpacked bits
+    cols = jnp.broadcast_to(jnp.arange(bits.shape[1]), bits.shape)
+    return jnp.sum(sums[cols, bits.astype(jnp.int32)], axis=1)
+
+
 def bits_matvec_xla(bits: jax.Array, v: jax.Array, rows: jax.Array | None = None) -> jax.Array:
-    """Plain-JAX :func:`bits_matvec`: unpacks one tile of tasks at a time."""
+    """Plain-JAX :func:`bits_matvec`: per block of byte positions, a table of the 256 partial
+    sums of ``v`` that a byte can select, then one gather per byte of the bits (no unpacking)."""
     k, nb = bits.shape
     v8 = v.reshape(nb, 8)
-    g = jax.lax.map(lambda b: jnp.einsum("tjb,jb->t", _planes(b), v8), _tiles(bits))
-    g = g.reshape(-1)[:k]
+    # Block length: its table (1 KiB a byte) stays in cache, and its [k, block] gather under
+    # TILE_BYTES of float32.
+    block = max(1, min(nb, 4096, TILE_BYTES // max(4 * k, 1)))
+    full = nb // block
+
+    def body(g, i):
+        b = jax.lax.dynamic_slice_in_dim(bits, i * block, block, axis=1)
+        x = jax.lax.dynamic_slice_in_dim(v8, i * block, block, axis=0)
+        return g + _matvec_block(b, x), None
+
+    g, _ = jax.lax.scan(body, jnp.zeros(k, jnp.float32), jnp.arange(full))
+    if full * block < nb:
+        g = g + _matvec_block(bits[:, full * block:], v8[full * block:])
     return g if rows is None else jnp.where(rows, g, 0.0)
 
 
