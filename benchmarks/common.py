@@ -14,6 +14,26 @@ def device() -> str:
     return f"{jax.devices()[0].device_kind} ({platform.machine()}, {os.cpu_count()} cores)"
 
 
+def cpu_description() -> dict:
+    """The CPU model, the instruction-set flags that choose the bank's kernel variant, and the
+    variant a plain call runs (``kernels.kernel_status()``)."""
+    from supsup_jax import kernels
+
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f
+                          if ln.startswith("model name")), "")
+    except OSError:
+        pass
+    flags = kernels.cpu_flags()
+    return {"cpu_model": model or platform.processor(),
+            "cpu_simd_flags": sorted(f for f in flags if f.startswith(("avx", "sse", "fma",
+                                                                       "neon", "asimd", "sve"))),
+            "kernel_variants_supported": list(kernels.supported_variants()),
+            "bank_products": kernels.kernel_status()}
+
+
 def write_result(path: str, result: dict) -> None:
     """Write ``result`` as indented JSON to ``path`` (creating its directory) and say where."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)

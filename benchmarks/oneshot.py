@@ -11,7 +11,10 @@ For each network (LeNet 300-100 and FC 1024-1024, output 500) and each k, with k
 * the official approach, measured in the same run: masks stacked as float32 ``[k, *shape]``, the
   superposition ``sum_i alpha_i M_i`` rebuilt every batch and the gradient by autodiff
   (skipped, and reported as not run, when its stack would exceed ``--max-baseline-gib``);
-* the bank's products through plain JAX (``SUPSUP_JAX_KERNELS=0``'s path) for the same One-Shot.
+* every CPU kernel variant this CPU runs (``--variants``, default all of them and ``xla``, the
+  plain-JAX twin that GPU/TPU and compiler-less CPUs run): One-Shot, the superposition at
+  uniform alpha (``bits_vecmat``) and Binary per variant, with each variant's ratio to the twin
+  and to the float32 baseline measured in the same run, and the task each picks.
 
     python benchmarks/oneshot.py --out benchmarks/results/oneshot.json
 """
@@ -21,13 +24,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from common import device, write_result  # benchmarks/ is on the path when run as a script
+
+# benchmarks/ is on the path when run as a script
+from common import cpu_description, device, write_result
 
 from supsup_jax import bank as bank_lib
 from supsup_jax import inference, kernels, masking, models
@@ -75,6 +81,38 @@ def float_baseline(net, bank, x, w, objective):
     return stacked, step
 
 
+def time_variant(net, bank, x, w, obj, args, extra=None) -> dict:
+    """One-Shot, the superposition and Binary with the kernel variant now selected; with
+    ``extra`` (a dict), also per-example One-Shot and Exhaustive, written there."""
+    k = bank.capacity
+    r = {}
+    sup = jax.jit(lambda b: bank_lib.superpose(inference.uniform_alpha(b), b))(bank)
+    one = jax.jit(lambda b, s, x, w: inference.one_shot(net, net.params, b, x, w, obj,
+                                                        superposed=s))
+    t, first, task, _ = _time(lambda: one(bank, sup, x, w), args.repeats)
+    r.update(oneshot_batch_s=t, oneshot_per_example_s=t / args.batch,
+             oneshot_first_call_s=first, task=int(task))
+    x1, w1 = x[:1], inference.first_m_weights(1, 1)
+    r["oneshot_single_example_s"] = _time(lambda: one(bank, sup, x1, w1), args.repeats)[0]
+    superpose = jax.jit(bank_lib.superpose)
+    r["superpose_uniform_s"] = _time(lambda: superpose(inference.uniform_alpha(bank), bank),
+                                     args.repeats)[0]
+    if os.environ["SUPSUP_JAX_KERNEL_VARIANT"] != "xla" or k <= args.max_exhaustive_k:
+        binary = jax.jit(lambda b, x, w: inference.binary(net, net.params, b, x, w, obj))
+        r["binary_batch_s"], _, btask, _ = _time(lambda: binary(bank, x, w),
+                                                 max(1, args.repeats // 2))
+        r["binary_task"] = int(btask)
+    if extra is not None:
+        if k <= args.max_per_example_k:
+            # Every image decides its own task (scenarios.TaskInference(per_example=True)).
+            each = jax.jit(jax.vmap(lambda xi: one(bank, sup, xi[None], w1)))
+            extra["oneshot_each_example_batch_s"] = _time(lambda: each(x), 1)[0]
+        if k <= args.max_exhaustive_k:
+            ex = jax.jit(lambda b, x, w: inference.exhaustive(net, net.params, b, x, w, obj))
+            extra["exhaustive_batch_s"] = _time(lambda: ex(bank, x, w), 1)[0]
+    return r
+
+
 def run_case(model, k, args):
     net = models.get_model(model, num_outputs=500)
     weights = masking.masked_leaves(net.params)
@@ -87,38 +125,20 @@ def run_case(model, k, args):
            "bank_bytes": bank.nbytes(), "bits_bytes": math.ceil(k * num_weights / 8)}
     row["bank_over_bits"] = row["bank_bytes"] / row["bits_bytes"]
 
-    sup = jax.jit(lambda b: bank_lib.superpose(inference.uniform_alpha(b), b))(bank)
-    one = jax.jit(lambda b, s, x, w: inference.one_shot(net, net.params, b, x, w, obj,
-                                                        superposed=s))
-    t, first, task, _ = _time(lambda: one(bank, sup, x, w), args.repeats)
-    row.update(oneshot_batch_s=t, oneshot_per_example_s=t / args.batch,
-               oneshot_first_call_s=first)
-    x1, w1 = x[:1], inference.first_m_weights(1, 1)
-    row["oneshot_single_example_s"] = _time(lambda: one(bank, sup, x1, w1), args.repeats)[0]
-    if k <= args.max_per_example_k:
-        # Every image decides its own task (scenarios.TaskInference(per_example=True)).
-        each = jax.jit(jax.vmap(lambda xi: one(bank, sup, xi[None], w1)))
-        row["oneshot_each_example_batch_s"] = _time(lambda: each(x), 1)[0]
-    row["superpose_uniform_s"] = _time(
-        lambda: bank_lib.superpose(inference.uniform_alpha(bank), bank), args.repeats)[0]
-
-    binary = jax.jit(lambda b, x, w: inference.binary(net, net.params, b, x, w, obj))
-    row["binary_batch_s"] = _time(lambda: binary(bank, x, w), max(1, args.repeats // 2))[0]
-    if k <= args.max_exhaustive_k:
-        ex = jax.jit(lambda b, x, w: inference.exhaustive(net, net.params, b, x, w, obj))
-        row["exhaustive_batch_s"] = _time(lambda: ex(bank, x, w), 1)[0]
-
-    if args.compare_xla:
-        prev = kernels.bits_matvec
-        kernels.bits_matvec = kernels.bits_matvec_xla  # what GPU/TPU (and no compiler) run
-        try:
-            slow = jax.jit(lambda b, s, x, w: inference.one_shot(net, net.params, b, x, w, obj,
-                                                                 superposed=s))
-            row["oneshot_plain_jax_batch_s"], _, task_xla, _ = _time(
-                lambda: slow(bank, sup, x, w), 1)
-            row["plain_jax_agrees"] = int(task_xla) == int(task)
-        finally:
-            kernels.bits_matvec = prev
+    row["variants"] = {}
+    for variant in args.variants:
+        # The variant is read when a function is traced: fresh jitted functions for each.
+        os.environ["SUPSUP_JAX_KERNEL_VARIANT"] = variant
+        row["variants"][variant] = time_variant(net, bank, x, w, obj, args,
+                                                row if variant == args.variants[0] else None)
+    os.environ.pop("SUPSUP_JAX_KERNEL_VARIANT")
+    twin = row["variants"].get("xla")
+    for r in row["variants"].values():
+        r["agrees_with_first"] = r["task"] == next(iter(row["variants"].values()))["task"]
+        if twin is not None:
+            r["speedup_vs_twin"] = twin["oneshot_batch_s"] / r["oneshot_batch_s"]
+            r["superpose_speedup_vs_twin"] = (twin["superpose_uniform_s"]
+                                              / r["superpose_uniform_s"])
 
     baseline_bytes = 4 * k * num_weights
     row["float32_stacked_bytes"] = baseline_bytes
@@ -127,8 +147,9 @@ def run_case(model, k, args):
         alpha = inference.uniform_alpha(bank)
         row["float32_stacked_batch_s"], _, task_f32, _ = _time(lambda: step(stacked, alpha),
                                                                max(1, args.repeats // 2))
-        row["float32_agrees"] = int(task_f32) == int(task)
-        row["speedup_vs_float32"] = row["float32_stacked_batch_s"] / row["oneshot_batch_s"]
+        for r in row["variants"].values():
+            r["float32_agrees"] = int(task_f32) == r["task"]
+            r["speedup_vs_float32"] = row["float32_stacked_batch_s"] / r["oneshot_batch_s"]
         row["bytes_ratio_vs_float32"] = row["bank_bytes"] / baseline_bytes
         del stacked
     else:
@@ -145,10 +166,16 @@ def main(argv=None):
     p.add_argument("--max-baseline-gib", type=float, default=10.0)
     p.add_argument("--max-exhaustive-k", type=int, default=1000)
     p.add_argument("--max-per-example-k", type=int, default=100)
-    p.add_argument("--compare-xla", action="store_true",
-                   help="also time One-Shot with the bank's products in plain JAX")
+    p.add_argument("--variants", default=None,
+                   help="comma-separated kernel variants to time (default: every variant this "
+                        "CPU runs, then xla, the plain-JAX twin)")
     p.add_argument("--out", default="benchmarks/results/oneshot.json")
     args = p.parse_args(argv)
+    supported = kernels.supported_variants() + ("xla",)
+    args.variants = args.variants.split(",") if args.variants else list(supported)
+    for v in args.variants:
+        if v not in supported:
+            p.error(f"--variants: {v!r} is not one of {supported} (what this CPU runs)")
 
     rows = []
     for model in args.models.split(","):
@@ -156,8 +183,15 @@ def main(argv=None):
             row = run_case(model, k, args)
             rows.append(row)
             print(json.dumps(row), flush=True)
-    result = {"benchmark": "oneshot", "device": device(),
-              "bank_products": kernels.kernel_status(), "batch": args.batch,
+            for v, r in row["variants"].items():
+                print(f"  {model} k={k} {v:8s} One-Shot {r['oneshot_batch_s'] * 1e3:8.1f} ms"
+                      f"  vs twin {r.get('speedup_vs_twin', float('nan')):6.1f}x"
+                      f"  vs float32 {r.get('speedup_vs_float32', float('nan')):6.1f}x"
+                      f"  superpose {r['superpose_uniform_s'] * 1e3:8.1f} ms"
+                      f" ({r.get('superpose_speedup_vs_twin', float('nan')):5.1f}x twin)",
+                      flush=True)
+    result = {"benchmark": "oneshot", "device": device(), **cpu_description(),
+              "variants": args.variants, "batch": args.batch,
               "jax": jax.__version__, "rows": rows}
     write_result(args.out, result)
 

@@ -58,6 +58,8 @@ _BUILDS = {
 VARIANTS = tuple(_BUILDS)
 # Upper bound on the float32 temporaries of one tile of tasks in the plain-JAX products.
 TILE_BYTES = 64 * 2**20
+# From how many rows the twin's matvec builds tables of partial sums (benchmarks/README.md).
+TABLE_ROWS = 96
 
 log = logging.getLogger(__name__)
 
@@ -217,10 +219,15 @@ def _matvec_block(bits: jax.Array, v8: jax.Array) -> jax.Array:
 
 
 def bits_matvec_xla(bits: jax.Array, v: jax.Array, rows: jax.Array | None = None) -> jax.Array:
-    """Plain-JAX :func:`bits_matvec`: per block of byte positions, a table of the 256 partial
-    sums of ``v`` that a byte can select, then one gather per byte of the bits (no unpacking)."""
+    """Plain-JAX :func:`bits_matvec`: from :data:`TABLE_ROWS` rows, per block of byte positions
+    a table of the 256 partial sums of ``v`` that a byte can select, then one gather per byte of
+    the bits; below, bits unpacked to float32 one tile of tasks at a time."""
     k, nb = bits.shape
     v8 = v.reshape(nb, 8)
+    if k < TABLE_ROWS:  # too few rows to pay for the tables: unpack one tile of tasks at a time
+        g = jax.lax.map(lambda b: jnp.einsum("tjb,jb->t", _planes(b), v8), _tiles(bits))
+        g = g.reshape(-1)[:k]
+        return g if rows is None else jnp.where(rows, g, 0.0)
     # Block length: its table (1 KiB a byte) stays in cache, and its [k, block] gather under
     # TILE_BYTES of float32.
     block = max(1, min(nb, 4096, TILE_BYTES // max(4 * k, 1)))
