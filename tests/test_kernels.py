@@ -174,7 +174,7 @@ def test_lower_variants_contain_no_wider_instructions(variant, forbidden):
 def test_accelerators_lower_to_plain_jax(target):
     # No GPU/TPU here, but lowering for one shows which branch it would run: the C++ custom
     # call is CPU-only, so the accelerator program must not contain it.
-    args = (jax.ShapeDtypeStruct((4, 3), jnp.uint8), jax.ShapeDtypeStruct((24,), jnp.float32))
+    args = (jax.ShapeDtypeStruct((128, 3), jnp.uint8), jax.ShapeDtypeStruct((24,), jnp.float32))
     module = jax.export.export(jax.jit(kernels.bits_matvec), platforms=[target])(*args)
     text = module.mlir_module()
     assert "supsup_bits" not in text and "stablehlo.gather" in text  # the twin's lookups
