@@ -94,7 +94,7 @@ def time_variant(net, bank, x, w, obj, args, extra=None) -> dict:
              oneshot_first_call_s=first, task=int(task))
     x1, w1 = x[:1], inference.first_m_weights(1, 1)
     r["oneshot_single_example_s"] = _time(lambda: one(bank, sup, x1, w1), args.repeats)[0]
-    superpose = jax.jit(bank_lib.superpose)
+    superpose = jax.jit(lambda a, b: bank_lib.superpose(a, b))  # a new trace per variant
     r["superpose_uniform_s"] = _time(lambda: superpose(inference.uniform_alpha(bank), bank),
                                      args.repeats)[0]
     if os.environ["SUPSUP_JAX_KERNEL_VARIANT"] != "xla" or k <= args.max_exhaustive_k:
