@@ -41,6 +41,7 @@ def _check_results(workdir, res):
 # The Fashion-MNIST twins run on the real data here.
 @pytest.mark.parametrize("name,variants", [
     ("main_fashion", "tiny"),
+    ("main_fashion", "tiny,fc"),
     ("gnu_permuted", "tiny,fashion"),
     ("gnu_permuted", "tiny,fashion,lenet,h"),
     ("gnu_2500", "tiny,fashion"),
@@ -57,6 +58,14 @@ def test_tiny_variants_on_fashion_mnist(tmp_path, fashion_mnist, name, variants)
         assert loaded["inferred_accuracy_matrix"] is not None
     if res["scenario"] == "NNs":
         assert 1 <= res["masks_allocated"] <= 6
+
+
+def test_main_job_is_lenet_with_an_fc_variant():
+    # The README's first command must fit a modest CPU (issue 12): LeNet 300-100 by default.
+    assert _config("main_fashion", None).model == "lenet300_100"
+    assert _config("main_fashion", "fc").model == "fc1024"
+    with pytest.raises(ValueError, match="unknown config variants"):
+        _config("main_fashion", "resnet")
 
 
 def _mock(dataset_names, num_examples):
