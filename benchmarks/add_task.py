@@ -24,7 +24,11 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from common import device, write_result  # benchmarks/ is on the path when run as a script
+from common import (  # benchmarks/ is on the path when run as a script
+    cpu_description,
+    device,
+    write_result,
+)
 from oneshot import random_bank
 
 from supsup_jax import bank as bank_lib
@@ -105,7 +109,8 @@ def main(argv=None):
     loops = [task_loop(args.loop_tasks, cap, args.loop_steps) for cap in (args.loop_tasks, 8)]
     for row in loops:
         print(json.dumps(row), flush=True)
-    result = {"benchmark": "add_task", "device": device(), "jax": jax.__version__,
+    result = {"benchmark": "add_task", "device": device(), **cpu_description(),
+              "jax": jax.__version__,
               "add": adds, "task_loop": loops}
     write_result(args.out, result)
 

@@ -21,7 +21,11 @@ import tempfile
 import time
 
 import jax
-from common import device, write_result  # benchmarks/ is on the path when run as a script
+from common import (  # benchmarks/ is on the path when run as a script
+    cpu_description,
+    device,
+    write_result,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -62,7 +66,8 @@ def main(argv=None):
     p.add_argument("--out", default="benchmarks/results/end_to_end.json")
     args = p.parse_args(argv)
 
-    out = {"benchmark": "end_to_end", "device": device(), "jax": jax.__version__}
+    out = {"benchmark": "end_to_end", "device": device(), **cpu_description(),
+           "jax": jax.__version__}
     with tempfile.TemporaryDirectory() as tmp:
         r = run("experiments/configs/main_fashion.py",
                 {"num_tasks": args.tasks, "eval_at": f"({args.tasks},)"}, f"{tmp}/protocol")

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from common import write_result  # benchmarks/ is on the path when run as a script
+from common import cpu_description, write_result  # benchmarks/ is on the path as a script
 
 from supsup_jax import masking, models
 from supsup_jax import train as train_lib
@@ -62,7 +62,8 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     xs = jnp.asarray(rng.integers(0, 255, (args.chunk, args.batch, 28, 28, 1), dtype=np.uint8))
     ys = jnp.asarray(rng.integers(0, 10, (args.chunk, args.batch)).astype(np.int32))
-    out = {"benchmark": "train_throughput", "device": str(jax.devices()[0].device_kind),
+    out = {"benchmark": "train_throughput", **cpu_description(),
+           "device": str(jax.devices()[0].device_kind),
            "platform": jax.default_backend(), "batch": args.batch, "models": {}}
     for name in args.models.split(","):
         net = models.get_model(name, num_outputs=500)
