@@ -12,7 +12,8 @@
 //                   and + add per 8 weights.
 //   (neither):      portable C++: the same table as 0/1 floats and a multiply-add over 8 lanes,
 //                   which compilers vectorise on their own (SSE2, NEON, ...); no intrinsics.
-// Several rows share each load of v (matvec); rows (matvec) or column chunks (vecmat) are split
+// Matvec from 256 rows on AVX2 and portable: tables of partial sums per byte (MatvecTable).
+// Vecmat: rows streamed into L1 accumulators per column block. Rows or column blocks are split
 // across threads. The portable routines also handle every variant's tails.
 #include <algorithm>
 #include <cstdint>
@@ -68,8 +69,8 @@ struct Tables {
 };
 constexpr Tables kTables{};
 
-// Vecmat walks down the rows of a column chunk, a stride no hardware prefetcher follows: ask for
-// the row kAhead rows below (a compiler builtin on GCC and clang, nothing elsewhere).
+// MatvecTable reads a short segment of each row in turn, a stride no hardware prefetcher
+// follows: ask for the rows ahead (a compiler builtin on GCC and clang, nothing elsewhere).
 constexpr int64_t kAhead = 16;
 inline void Prefetch(const void* p) {
 #if defined(__GNUC__)
