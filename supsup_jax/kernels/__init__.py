@@ -227,20 +227,20 @@ def bits_matvec_xla(bits: jax.Array, v: jax.Array, rows: jax.Array | None = None
     if k < TABLE_ROWS:  # too few rows to pay for the tables: unpack one tile of tasks at a time
         g = jax.lax.map(lambda b: jnp.einsum("tjb,jb->t", _planes(b), v8), _tiles(bits))
         g = g.reshape(-1)[:k]
-        return g if rows is None else jnp.where(rows, g, 0.0)
-    # Block length: its table (1 KiB a byte) stays in cache, and its [k, block] gather under
-    # TILE_BYTES of float32.
-    block = max(1, min(nb, 4096, TILE_BYTES // max(4 * k, 1)))
-    full = nb // block
+    else:
+        # Block length: its table (1 KiB a byte) stays in cache, and its [k, block] gather
+        # under TILE_BYTES of float32.
+        block = max(1, min(nb, 4096, TILE_BYTES // max(4 * k, 1)))
+        full = nb // block
 
-    def body(g, i):
-        b = jax.lax.dynamic_slice_in_dim(bits, i * block, block, axis=1)
-        x = jax.lax.dynamic_slice_in_dim(v8, i * block, block, axis=0)
-        return g + _matvec_block(b, x), None
+        def body(g, i):
+            b = jax.lax.dynamic_slice_in_dim(bits, i * block, block, axis=1)
+            x = jax.lax.dynamic_slice_in_dim(v8, i * block, block, axis=0)
+            return g + _matvec_block(b, x), None
 
-    g, _ = jax.lax.scan(body, jnp.zeros(k, jnp.float32), jnp.arange(full))
-    if full * block < nb:
-        g = g + _matvec_block(bits[:, full * block:], v8[full * block:])
+        g, _ = jax.lax.scan(body, jnp.zeros(k, jnp.float32), jnp.arange(full))
+        if full * block < nb:
+            g = g + _matvec_block(bits[:, full * block:], v8[full * block:])
     return g if rows is None else jnp.where(rows, g, 0.0)
 
 

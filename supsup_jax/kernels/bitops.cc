@@ -147,8 +147,8 @@ void RowsDot(const uint8_t* const* rows, const float* v, int64_t nbytes, float* 
 }
 
 // Matvec by tables of partial sums, for many rows: for a block of kTab byte positions, sums[j][c]
-// = sum of v over the set bits of byte value c (256 floats per position, built once by doubling
-// and shared by every row), so each row-byte costs one lookup and one add, for any ISA.
+// = sum of v over the set bits of byte value c (256 floats per position, built once and shared
+// by every row), so each row-byte costs one lookup and one add, for any ISA.
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
 constexpr int kFirstByteShift = 56, kByteStep = -8;  // byte q of a loaded uint64
 #else
@@ -177,17 +177,16 @@ void BuildSums(const float* v, int64_t len, float (*sums)[256]) {
 void MatvecTable(const uint8_t* b, int64_t nb, const float* v, const int64_t* idx, int64_t n,
                  int64_t c0, int64_t c1, float* part) {
   alignas(64) float sums[kTab][256];
-  const int64_t lo = 0, hi = n;
   for (int64_t j0 = c0; j0 < c1; j0 += kTab) {
     const int64_t len = std::min(kTab, c1 - j0);
     BuildSums(v + 8 * j0, len, sums);
-    int64_t i = lo;
-    for (; i + 4 <= hi; i += 4) {
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
       const uint8_t* r0 = b + idx[i] * nb + j0;
       const uint8_t* r1 = b + idx[i + 1] * nb + j0;
       const uint8_t* r2 = b + idx[i + 2] * nb + j0;
       const uint8_t* r3 = b + idx[i + 3] * nb + j0;
-      if (i + 4 + kAhead / 2 < hi) {
+      if (i + 4 + kAhead / 2 < n) {
         for (int r = 0; r < 4; ++r) Prefetch(b + idx[i + kAhead / 2 + r] * nb + j0);
       }
       // Two sums per row: eight independent add chains hide the adds' latency.
@@ -209,7 +208,7 @@ void MatvecTable(const uint8_t* b, int64_t nb, const float* v, const int64_t* id
       }
       for (int r = 0; r < 4; ++r) part[i + r] += s[r][0] + s[r][1];
     }
-    for (; i < hi; ++i) {
+    for (; i < n; ++i) {
       const uint8_t* r0 = b + idx[i] * nb + j0;
       float s0 = 0.f;
       for (int64_t j = 0; j < len; ++j) s0 += sums[j][r0[j]];
