@@ -37,7 +37,7 @@ import time
 from absl import app, flags, logging
 
 from supsup_jax import plots, results
-from supsup_jax.experiment import train_and_evaluate
+from supsup_jax.runner import train_and_evaluate
 
 _P = "experiments.configs.compare_permuted"
 _C = "experiments.configs.gg_splitcifar100"
@@ -147,19 +147,19 @@ def curve(res) -> tuple[list[int], list[float]]:
 
 def plot_comparison(runs: dict[str, dict], path, title: str) -> pathlib.Path:
     """All methods' curves in one axes; returns the PNG's path."""
-    fig = plots._new_figure((7.0, 4.5))
+    fig = plots.new_figure((7.0, 4.5))
     ax = fig.add_subplot()
     for label, res in runs.items():
         xs, ys = curve(res)
         ax.plot(xs, ys, "o-", label=f"{label} ({res.get('scenario', '')})", markersize=3)
     ax.set_xlabel("number of tasks learned")
-    plots._integer_ticks(ax.xaxis)
+    plots.integer_ticks(ax.xaxis)
     ax.set_ylabel("mean accuracy over learned tasks")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     if runs:
         ax.legend(fontsize="small")
-    return plots._save(fig, path)
+    return plots.save_figure(fig, path)
 
 
 def _fmt(x) -> str:

@@ -26,7 +26,7 @@ from supsup_jax import bank as bank_lib
 from supsup_jax import masking, models, scenarios
 from supsup_jax import train as train_lib
 from supsup_jax.data import PermutedStream, load_dataset
-from supsup_jax.experiment import input_statistics
+from supsup_jax.runner.build import input_statistics
 
 # (name, method, objective, m, shared labels)
 EVALS = [

@@ -13,7 +13,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from supsup_jax import distributed, results
-from supsup_jax.experiment import train_and_evaluate
+from supsup_jax.runner import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file",
                                           lock_config=True)

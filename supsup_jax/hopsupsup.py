@@ -30,24 +30,13 @@ Paper section 3.7 (Eq. 5-6) and the official ``FastHopMaskBN`` / ``hopfield_reco
 
    The whole test set is then evaluated with the recovered mask.
 
-Why ``"attractor"`` is the default (measured, SplitFashionMNIST 5 x 2 classes, 5 test
-shuffles, ``experiments/RESULTS.md``): every task is recovered exactly on every shuffle with
-either rule (recovered accuracy = given, 0.9872), in 7 steps and about 1 s per task, against
-0.890 (Hebbian) / 0.832 (Storkey) for ``"anneal"``, which leaves the mixture start on the first
-lr-500 steps and ends in a mixed state or on a look-alike task's mask. The two sources of error
-the attractor search can have, a stored pattern not found and a spurious, negated or
-cross-layer combination with lower entropy than the true one, did not occur: every stored mask
-is a fixed point found from random starts, and on one batch of 64 the true combination's ``H``
-(0.04-0.20) is below every other's (best wrong 0.08-0.65, always another task's whole mask).
-
-:func:`train_and_evaluate` runs the whole protocol for a config (see
-``experiments/configs/hopsupsup.py``) and writes ``results.json``, ``accuracy.csv`` and plots.
+``"attractor"`` is the default because it recovers every task exactly where ``"anneal"`` does
+not (measured in ``experiments/RESULTS.md``, HopSupSup). The whole protocol for a config
+(``experiments/configs/hopsupsup.py``) is :func:`supsup_jax.runner.hopsupsup.run`.
 """
 
 from __future__ import annotations
 
-import os
-import time
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -56,13 +45,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from supsup_jax import hopfield, inference, masking, plots, results
-from supsup_jax import train as train_lib
-from supsup_jax.data import SplitStream, load_dataset, split_mnist
-from supsup_jax.experiment import _comparable, _key, _versions, input_statistics
+from supsup_jax import hopfield, inference, masking
+from supsup_jax.evaluate import count_correct
 from supsup_jax.masks import threshold_mask
-from supsup_jax.models.bnnet import bnnet, neuron_mask_filter
+from supsup_jax.models.bnnet import neuron_mask_filter
 from supsup_jax.models.network import Network
+from supsup_jax.steps import Preprocess, make_optimizer
 
 __all__ = [
     "DEFAULT_METHOD",
@@ -71,9 +59,7 @@ __all__ = [
     "RecoveryResult",
     "hamming",
     "initial_scores",
-    "plot_recovery",
     "steps_to_recover",
-    "train_and_evaluate",
 ]
 
 Masks = dict[str, jax.Array]
@@ -164,7 +150,7 @@ class HopfieldRecovery:
       is_masked: which parameter leaves are neuron masks.
     """
 
-    def __init__(self, network: Network, preprocess: train_lib.Preprocess, *,
+    def __init__(self, network: Network, preprocess: Preprocess, *,
                  rule: str = hopfield.DEFAULT_RULE, method: str = DEFAULT_METHOD,
                  num_starts: int = 256, energy_ratio: float = 0.95, attractor_seed: int = 0,
                  gamma: float = 1.5e-3, lr: float = 500.0,
@@ -192,7 +178,7 @@ class HopfieldRecovery:
         for p, w in self.weights.items():
             if w.ndim != 1:
                 raise ValueError(f"neuron mask {p!r} must be 1-D, got shape {w.shape}")
-        self.optimizer = train_lib.make_optimizer("sgd", lr, weight_decay=weight_decay,
+        self.optimizer = make_optimizer("sgd", lr, weight_decay=weight_decay,
                                                   momentum=momentum)
         self._step = jax.jit(self._step_impl)
         self._correct = jax.jit(self._correct_impl)
@@ -350,7 +336,7 @@ class HopfieldRecovery:
         m = {p: v.astype(jnp.float32) for p, v in masks.items()}
         logits, _ = self.network.apply(masking.mask_params(params, m), {},
                                        self.preprocess(images, None, False), False)
-        return jnp.sum(jnp.argmax(logits, -1) == labels)
+        return count_correct(logits, labels)
 
     def accuracy(self, masks: Mapping[str, Any], images, labels, key: jax.Array | None = None,
                  *, params=None) -> float:
@@ -396,249 +382,3 @@ class HopfieldRecovery:
             raise ValueError(f"images must be uint8, got {images.dtype}")
         if len(images) < 2:
             raise ValueError("recovery and evaluation need at least 2 images (batch statistics)")
-
-
-# ------------------------------------------------------------------------------- experiment
-def _stream(config) -> SplitStream:
-    ds = load_dataset(config.dataset, config.get("data_dir"))
-    cut = lambda a, n: a if n <= 0 else a[:n]
-    ntr, nte = config.get("max_train_examples", -1), config.get("max_test_examples", -1)
-    ds = ds._replace(train_images=cut(ds.train_images, ntr), train_labels=cut(ds.train_labels, ntr),
-                     test_images=cut(ds.test_images, nte), test_labels=cut(ds.test_labels, nte))
-    stream = split_mnist(ds, relabel=False)
-    if config.num_tasks != stream.num_tasks:
-        raise ValueError(f"SplitMNIST has {stream.num_tasks} tasks, the config asks for "
-                         f"{config.num_tasks}")
-    return stream
-
-
-def _recover_all(config, rec: HopfieldRecovery, stream, masks: list[Masks], test) -> dict:
-    """Store every task's masks with ``rec.rule`` and recover each task from its test set with
-    ``rec.method``."""
-    t0 = time.perf_counter()
-    memory = rec.init_memory()
-    for m in masks:
-        memory = rec.store(memory, m)
-    jax.block_until_ready(memory)
-    store_secs = time.perf_counter() - t0
-    cands, cand_secs, cand_info = None, 0.0, None
-    if rec.method == "attractor":  # from the networks alone, once for every task
-        t0 = time.perf_counter()
-        cands = rec.candidates(memory)
-        cand_secs = time.perf_counter() - t0
-        cand_info = {p: {"num_attractors": len(c),
-                         # which stored mask (+1) or its negation (-1) each attractor is, if any
-                         "is_stored": [next((s * (j + 1) for j, m in enumerate(masks)
-                                             for s in (1, -1)
-                                             if np.array_equal(s * c[k], hopfield.mask_to_pattern(
-                                                 np.asarray(m[p])))), 0)
-                                       for k in range(len(c))]}
-                     for p, c in cands.items()}
-    stored = {p: jnp.stack([jnp.asarray(m[p]) for m in masks]) for p in rec.weights}
-    fixed = [bool(all(hopfield.is_fixed_point(memory[p], hopfield.mask_to_pattern(
-        jnp.asarray(m[p]))) for p in rec.weights)) for m in masks]
-    per_task = []
-    for i, m in enumerate(masks):
-        x, y = test(i)
-        t1 = time.perf_counter()
-        key = _key(config, 2, i)
-        r = rec.recover(memory, stored, x, key, true_masks=m, candidates=cands)
-        acc = rec.accuracy(r.masks, x, y, key)
-        nearest = int(np.argmin([hamming(r.masks, other) for other in masks]))
-        per_task.append({
-            "accuracy": acc,
-            "hamming_per_step": r.hamming.tolist(),
-            "final_hamming": int(r.hamming[-1]),
-            "steps": len(r.hamming) - 1,
-            "steps_to_recover": steps_to_recover(r.hamming),
-            "num_candidates": r.num_candidates,
-            "nearest_stored_task": nearest,
-            "energy_per_step": r.energy.tolist(),
-            "entropy_per_step": r.entropy.tolist(),
-            "wall_time": time.perf_counter() - t1,
-        })
-    # The pass depends on the order of the test batches: repeat it with other shuffles.
-    repeats, repeat_hamming = [], []
-    for r in range(1, config.hopfield.get("repeats", 1)):
-        accs, hams = [], []
-        for i, m in enumerate(masks):
-            x, y = test(i)
-            key = jax.random.fold_in(_key(config, 2, i), r)
-            got = rec.recover(memory, stored, x, key, candidates=cands).masks
-            accs.append(rec.accuracy(got, x, y, key))
-            hams.append(hamming(got, m))
-        repeats.append(accs)
-        repeat_hamming.append(hams)
-    acc = float(np.mean([p["accuracy"] for p in per_task]))
-    return {"method": rec.method, "rule": rec.rule, "stored_are_fixed_points": fixed,
-            "store_wall_time": store_secs, "attractor_wall_time": cand_secs,
-            "attractors": cand_info,
-            "per_task": per_task, "accuracy": acc,
-            "repeat_accuracies": [[p["accuracy"] for p in per_task], *repeats],
-            "repeat_final_hamming": [[p["final_hamming"] for p in per_task], *repeat_hamming],
-            "mean_over_repeats": float(np.mean([np.mean(a) for a in [[acc], *repeats]]))}
-
-
-def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
-    """Train HopSupSup on SplitMNIST (or its Fashion twin) and recover every task's mask.
-
-    Writes ``results.json`` and ``accuracy.csv`` (``results.write_results``; the GG matrix holds
-    the accuracy with the task's mask given, the inferred matrix the accuracy with the mask
-    recovered by the default method and rule), the usual plots and ``hopfield_recovery.png``. The
-    extra key ``hopfield`` holds, per recovery ``"method/rule"`` (``by_recovery``: the default
-    and every combination of ``hopfield.compare_methods`` and ``hopfield.compare_rules``), each
-    task's Hamming distance per step, steps to recover, energies, accuracy and the accuracies of
-    the repeated passes; ``storage`` the bit counts. Each trained task's masks are saved to
-    ``hopsupsup_tasks.npz``, so re-running resumes after the last finished task. Also run by
-    ``python -m experiments.run`` (the config's ``method = "hopsupsup"``).
-    """
-    workdir = os.fspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
-    start = time.perf_counter()
-    stream = _stream(config)
-    input_shape = tuple(stream.task(0).train_images.shape[1:])
-    network = bnnet(config.num_outputs, seed=config.seed, input_shape=input_shape,
-                    hidden=tuple(config.hidden), weight_init=config.weight_init)
-    mean, std = input_statistics(config.normalization, stream, input_shape[-1])
-    preprocess = train_lib.make_preprocess(mean, std)
-    n_train = len(stream.task(0).train_labels)
-    steps = config.steps if config.steps > 0 else config.epochs * max(
-        n_train // config.batch_size, 1)
-    optimizer = train_lib.make_optimizer(config.optimizer, config.lr,
-                                         weight_decay=config.weight_decay,
-                                         momentum=config.momentum)
-    trainer = train_lib.Trainer(network, masking.make_mask_fn("threshold"), optimizer, preprocess,
-                                is_masked=neuron_mask_filter, chunk_size=config.chunk_size)
-    hc = config.hopfield
-    default = f"{hc.method}/{hc.rule}"
-    combos = dict.fromkeys([default, *(f"{m}/{r}" for m in dict.fromkeys([hc.method,
-                                                                          *hc.compare_methods])
-                                       for r in dict.fromkeys([hc.rule, *hc.compare_rules]))])
-    recs = {name: HopfieldRecovery(network, preprocess, rule=name.split("/")[1],
-                                   method=name.split("/")[0], num_starts=hc.num_starts,
-                                   energy_ratio=hc.energy_ratio, attractor_seed=config.seed,
-                                   gamma=hc.gamma, lr=hc.lr,
-                                   momentum=hc.momentum, weight_decay=hc.weight_decay,
-                                   batch_size=config.test_batch_size)
-            for name in combos}
-    cut = config.get("max_eval_examples", -1)
-
-    def test(i):
-        task = stream.task(i)
-        x, y = task.test_images, task.test_labels
-        return (x[:cut], y[:cut]) if cut > 0 else (x, y)
-
-    num = config.num_tasks
-    masks: list[Masks] = []
-    given: list[float] = []
-    wall: list[float] = []
-    # Each finished task's masks are saved, so a killed run resumes after its last finished task
-    # (recovery, a few seconds per task, runs again from the stored masks).
-    saved = os.path.join(workdir, "hopsupsup_tasks.npz")
-    if os.path.exists(saved):
-        with np.load(saved) as z:
-            if str(z["config"]) != _comparable(config):
-                raise ValueError(f"{saved} belongs to another config; use a new workdir")
-            done = int(z["num_done"])
-            masks = [{p: z[f"{t}/{p}"] for p in trainer.weights} for t in range(done)]
-            given, wall = list(z["given"][:done]), list(z["wall"][:done])
-    for t in range(len(masks), num):
-        t0 = time.perf_counter()
-        task = stream.task(t)
-        zeros = {p: jnp.zeros(w.shape, w.dtype) for p, w in trainer.weights.items()}
-        state = trainer.init_task(_key(config, 0, t), scores=zeros)  # official: zeros
-        state = trainer.train_task(state, task.train_images, task.train_labels,
-                                   _key(config, 1, t), steps, config.batch_size)
-        masks.append({p: np.asarray(m) for p, m in trainer.masks(state.scores).items()})
-        del state
-        x, y = test(t)
-        given.append(recs[default].accuracy(masks[-1], x, y, _key(config, 2, t)))
-        wall.append(time.perf_counter() - t0)
-        _save_tasks(saved, config, masks, given, wall)
-        if not config.quiet:
-            print(f"task {t}: given-mask accuracy {given[-1]:.4f}, density "
-                  f"{np.mean(np.concatenate(list(masks[-1].values()))):.3f}, "
-                  f"{wall[-1]:.1f} s", flush=True)
-    train_secs = time.perf_counter() - start
-    by_recovery = {name: _recover_all(config, rec, stream, masks, test)
-                   for name, rec in recs.items()}
-    main = by_recovery[default]
-    recovered = [p["accuracy"] for p in main["per_task"]]
-    pair = [[hamming(a, b) for b in masks] for a in masks]
-    gg = [[None] * num for _ in range(num)]
-    for t in range(num):
-        gg[t][t] = given[t]
-    gg[num - 1] = list(given)
-    inferred = [None] * (num - 1) + [recovered]
-    task_inf = [None] * (num - 1) + [[float(p["nearest_stored_task"] == i and
-                                           p["final_hamming"] == 0)
-                                     for i, p in enumerate(main["per_task"])]]
-    widths = [int(w.shape[0]) for w in trainer.weights.values()]
-    storage = {
-        "layers": {p: hopfield.storage_bits(int(w.shape[0]), num)
-                   for p, w in trainer.weights.items()},
-        "hopfield_bits": sum(hopfield.storage_bits(d, num)["hopfield_bits"] for d in widths),
-        "hopfield_symmetric_bits": sum(hopfield.storage_bits(d, num)["hopfield_symmetric_bits"]
-                                       for d in widths),
-        "mask_bits": num * sum(widths),
-    }
-    res = {
-        "config": config.to_dict() if hasattr(config, "to_dict") else dict(config),
-        "seed": config.seed,
-        "versions": _versions(),
-        "device": f"{jax.devices()[0].platform}: {jax.devices()[0].device_kind}",
-        "scenario": "GNu",
-        "num_tasks": num,
-        "accuracy_matrix": gg,
-        "inferred_accuracy_matrix": inferred,
-        # 1 when the recovered mask is exactly the task's own stored mask.
-        "task_inference_matrix": task_inf,
-        "task_inference_accuracy": float(np.mean(task_inf[-1])),
-        "average_accuracy": float(np.mean(recovered)),
-        "gg_average_accuracy": float(np.mean(given)),
-        "backward_transfer": None,
-        "forgetting": None,
-        "bytes_per_task": sum(widths) / 8,
-        "wall_time_per_task": wall,
-        "masks_allocated": None,
-        "hopfield": {"default_rule": hc.rule, "default_method": hc.method,
-                     "default": default, "by_recovery": by_recovery,
-                     "pairwise_mask_hamming": pair,
-                     "mask_density": [float(np.mean(np.concatenate(list(m.values()))))
-                                      for m in masks]},
-        "storage": storage,
-        "train_wall_time": train_secs,
-        "total_wall_time": time.perf_counter() - start,
-    }
-    results.write_results(workdir, res)
-    plots.write_plots(res, workdir)
-    plot_recovery(res, os.path.join(workdir, "hopfield_recovery.png"))
-    return res
-
-
-def _save_tasks(path, config, masks, given, wall) -> None:
-    arrays = {f"{t}/{p}": m for t, ms in enumerate(masks) for p, m in ms.items()}
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        np.savez(f, config=np.asarray(_comparable(config)), num_done=np.asarray(len(masks)),
-                 given=np.asarray(given), wall=np.asarray(wall), **arrays)
-    os.replace(tmp, path)  # atomic: a crash leaves the previous file
-
-
-def plot_recovery(res: Mapping[str, Any], path: str | os.PathLike):
-    """Hamming distance to the true mask against recovery steps, one line per task, one panel
-    per ``"method/rule"`` (the paper's Fig. 7, camera-ready numbering). Returns the PNG's path."""
-    by = res["hopfield"]["by_recovery"]
-    fig = plots._new_figure((6.0 * len(by), 4.0))
-    for k, (name, r) in enumerate(by.items()):
-        ax = fig.add_subplot(1, len(by), k + 1)
-        for i, p in enumerate(r["per_task"]):
-            ax.plot(np.arange(len(p["hamming_per_step"])), p["hamming_per_step"],
-                    label=f"task {i} (acc {p['accuracy']:.3f})")
-        ax.set_xlabel("recovery step (test batch)")
-        ax.set_ylabel("Hamming distance to the true mask")
-        ax.set_yscale("symlog", linthresh=1.0)
-        ax.set_title(f"{res['config'].get('name', '')}: {name}")
-        ax.grid(True, alpha=0.3)
-        ax.legend()
-    return plots._save(fig, path)

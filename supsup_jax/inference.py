@@ -39,20 +39,28 @@ __all__ = [
     "METHODS",
     "OBJECTIVES",
     "alpha_gradient",
-    "check_inputs",
     "binary",
+    "check_inputs",
     "entropy",
     "exhaustive",
     "first_m_weights",
     "g_objective",
     "gradient_descent",
     "halve",
+    "lowest_learned",
     "make_objective",
+    "masked_logits",
     "one_shot",
+    "superposed_logits",
+    "task_entropies",
+    "task_logits",
     "uniform_alpha",
 ]
 
 Objective = Callable[[jax.Array, jax.Array], jax.Array]
+# alpha_gradient's signature: (network, params, bank, alpha, x, weights, objective,
+# superposed=None, grad_rows=None) -> (value, float32 [capacity]).
+GradientFn = Callable[..., tuple[jax.Array, jax.Array]]
 
 
 def _weighted_mean(values, weights):
@@ -108,13 +116,32 @@ def uniform_alpha(bank: bank_lib.MaskBank, alive: jax.Array | None = None) -> ja
     return a / jnp.maximum(jnp.sum(a), 1.0)
 
 
+def lowest_learned(bank: bank_lib.MaskBank, values: jax.Array) -> jax.Array:
+    """int32: the learned slot with the smallest of ``values`` (float ``[capacity]``)."""
+    return jnp.argmin(jnp.where(bank.learned(), values, jnp.inf)).astype(jnp.int32)
+
+
+def masked_logits(network: Network, params: Any, masks, x) -> jax.Array:
+    """``f(x; W * M)`` for a float (e.g. superposed) mask ``{path: shape}``; BN networks run on
+    batch statistics, since no task's running statistics apply to a superposition."""
+    logits, _ = network.apply(masking.mask_params(params, masks), network.batch_stats, x,
+                              network.has_bn)
+    return logits
+
+
 def superposed_logits(network: Network, params: Any, bank: bank_lib.MaskBank, alpha, x,
                       superposed=None, grad_rows=None):
     """``f(x; W * sum_i alpha_i M_i)`` (paper Eq. 2); ``x`` float ``[B, *input_shape]``.
     ``superposed``, ``grad_rows``: as in :func:`supsup_jax.bank.superpose`."""
-    masks = bank_lib.superpose(alpha, bank, superposed, grad_rows)
-    train = bool(jax.tree.leaves(network.batch_stats))
-    logits, _ = network.apply(masking.mask_params(params, masks), network.batch_stats, x, train)
+    return masked_logits(network, params, bank_lib.superpose(alpha, bank, superposed, grad_rows),
+                         x)
+
+
+def task_logits(network: Network, params: Any, bank: bank_lib.MaskBank, task, x) -> jax.Array:
+    """``f(x; W * M_task)`` with task ``task``'s mask and BN running statistics (``task`` may be
+    traced): float ``[B, C]``, the network as it was when that task finished."""
+    stats = bank.task_batch_stats(task) if network.has_bn else network.batch_stats
+    logits, _ = network.apply(masking.mask_params(params, bank.task_masks(task)), stats, x, False)
     return logits
 
 
@@ -124,21 +151,23 @@ def alpha_gradient(network, params, bank, alpha, x, weights, objective: Objectiv
 
     Per layer ``g_i = <M_i, dL/dW_eff * W>`` (SPEC 6), computed from the packed bits for the
     learned slots (or only ``grad_rows``; 0 elsewhere). ``superposed`` optionally gives the
-    precomputed ``sum_i alpha_i M_i``.
+    precomputed ``sum_i alpha_i M_i``. The methods below take any function of this signature as
+    ``gradient`` (e.g. :func:`supsup_jax.sharding.sharded_gradient`).
     """
     f = lambda a: objective(superposed_logits(network, params, bank, a, x, superposed,
                                               grad_rows), weights)
     return jax.value_and_grad(f)(alpha)
 
 
-def one_shot(network, params, bank, x, weights, objective, *, superposed=None) -> jax.Array:
+def one_shot(network, params, bank, x, weights, objective, *, superposed=None,
+             gradient: GradientFn = alpha_gradient) -> jax.Array:
     """One-Shot (Eq. 4): ``argmin_i dH/dalpha_i`` at uniform alpha, over learned tasks only.
 
     ``superposed``: ``bank.superpose(uniform_alpha(bank), bank)``, computed once per bank by
     callers that infer many batches."""
-    _, g = alpha_gradient(network, params, bank, uniform_alpha(bank), x, weights, objective,
-                          superposed)
-    return jnp.argmin(jnp.where(bank.learned(), g, jnp.inf)).astype(jnp.int32)
+    _, g = gradient(network, params, bank, uniform_alpha(bank), x, weights, objective,
+                    superposed)
+    return lowest_learned(bank, g)
 
 
 def halve(alive: jax.Array, g: jax.Array) -> jax.Array:
@@ -149,7 +178,8 @@ def halve(alive: jax.Array, g: jax.Array) -> jax.Array:
     return alive & (rank < (n + 1) // 2)
 
 
-def binary(network, params, bank, x, weights, objective) -> jax.Array:
+def binary(network, params, bank, x, weights, objective, *,
+           gradient: GradientFn = alpha_gradient) -> jax.Array:
     """Binary (SPEC 1.6): halve the candidates by their gradient until exactly one remains.
 
     Each round keeps the ``ceil(n/2)`` alive tasks with the smallest gradient (the official code
@@ -162,8 +192,8 @@ def binary(network, params, bank, x, weights, objective) -> jax.Array:
 
     def body(alive):
         # Only the remaining candidates' gradients are computed (halve ignores the others).
-        _, g = alpha_gradient(network, params, bank, uniform_alpha(bank, alive), x, weights,
-                              objective, grad_rows=alive)
+        _, g = gradient(network, params, bank, uniform_alpha(bank, alive), x, weights,
+                        objective, grad_rows=alive)
         return halve(alive, g)
 
     alive = jax.lax.while_loop(cond, body, bank.learned())
@@ -171,7 +201,8 @@ def binary(network, params, bank, x, weights, objective) -> jax.Array:
 
 
 def gradient_descent(network, params, bank, x, weights, objective, *, lr: float = 200.0,
-                     threshold: float = 0.99, max_steps: int = 50):
+                     threshold: float = 0.99, max_steps: int = 50,
+                     gradient: GradientFn = alpha_gradient):
     """Eq. 3: ``alpha <- alpha - lr * grad_alpha`` from uniform alpha over the learned tasks.
 
     Stops when ``max softmax(alpha)`` over the learned tasks exceeds ``threshold`` or after
@@ -191,32 +222,31 @@ def gradient_descent(network, params, bank, x, weights, objective, *, lr: float 
 
     def body(carry):
         alpha, step = carry
-        _, g = alpha_gradient(network, params, bank, alpha, x, weights, objective)
+        _, g = gradient(network, params, bank, alpha, x, weights, objective)
         return jnp.where(learned, alpha - lr * g, 0.0), step + 1
 
     alpha, steps = jax.lax.while_loop(cond, body, (uniform_alpha(bank), jnp.int32(0)))
     return jnp.argmax(jnp.where(learned, alpha, -jnp.inf)).astype(jnp.int32), steps
 
 
+def task_entropies(network, params, bank, x, weights, *, tasks_per_batch: int = 8):
+    """float ``[capacity]``: the entropy H of ``x`` under every slot's mask on its own
+    (:func:`task_logits`; ``jax.lax.map`` vmapping ``tasks_per_batch`` slots at a time, so
+    memory holds that many unpacked masks)."""
+    value = lambda t: entropy(task_logits(network, params, bank, t, x), weights)
+    return jax.lax.map(value, jnp.arange(bank.capacity), batch_size=tasks_per_batch)
+
+
 def exhaustive(network, params, bank, x, weights, objective, *, tasks_per_batch: int = 8):
     """Try every mask on its own and pick the learned task with the lowest entropy H.
 
-    ``jax.lax.map(..., batch_size=tasks_per_batch)`` vmaps over chunks of tasks, so memory holds
-    ``tasks_per_batch`` unpacked masks at a time. BN networks use each task's running statistics.
-    ``objective`` is ignored: the score is always H, because G's *value* (a logsumexp over every
-    logit) does not rank tasks; only its gradient carries the signal.
+    BN networks use each task's running statistics. ``objective`` is ignored: the score is
+    always H, because G's *value* (a logsumexp over every logit) does not rank tasks; only its
+    gradient carries the signal.
     """
     del objective
-    has_bn = bool(jax.tree.leaves(network.batch_stats))
-
-    def value(task):
-        masks = bank.task_masks(task)
-        stats = bank.task_batch_stats(task) if has_bn else network.batch_stats
-        logits, _ = network.apply(masking.mask_params(params, masks), stats, x, False)
-        return entropy(logits, weights)
-
-    values = jax.lax.map(value, jnp.arange(bank.capacity), batch_size=tasks_per_batch)
-    return jnp.argmin(jnp.where(bank.learned(), values, jnp.inf)).astype(jnp.int32)
+    return lowest_learned(bank, task_entropies(network, params, bank, x, weights,
+                                               tasks_per_batch=tasks_per_batch))
 
 
 METHODS = {

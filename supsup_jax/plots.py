@@ -22,22 +22,28 @@ from supsup_jax import results as results_lib
 
 __all__ = [
     "DPI",
+    "integer_ticks",
+    "new_figure",
+    "plot_hopfield_recovery",
     "plot_accuracy_matrix",
     "plot_accuracy_vs_tasks",
     "plot_task_inference",
+    "save_figure",
     "write_plots",
 ]
 
 DPI = 120
 
 
-def _new_figure(figsize: tuple[float, float]) -> Figure:
+def new_figure(figsize: tuple[float, float]) -> Figure:
+    """A matplotlib figure that needs no display (Agg canvas), laid out by constrained layout."""
     fig = Figure(figsize=figsize, dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
 
-def _save(fig: Figure, path: str | os.PathLike) -> pathlib.Path:
+def save_figure(fig: Figure, path: str | os.PathLike) -> pathlib.Path:
+    """Write ``fig`` as PNG to ``path`` atomically; returns the path."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # The temp name does not end in .png, so the format is given explicitly.
@@ -56,7 +62,7 @@ def _row_means(m: np.ndarray, rows: list[int]) -> tuple[list[int], list[float]]:
     return xs, ys
 
 
-def _integer_ticks(*axes_) -> None:
+def integer_ticks(*axes_) -> None:
     """Task counts and indices are integers: no ticks at 1.5 tasks."""
     for axis in axes_:
         axis.set_major_locator(MaxNLocator(integer=True))
@@ -78,7 +84,7 @@ def plot_accuracy_vs_tasks(results: Mapping[str, Any], path: str | os.PathLike) 
     """
     rows = results_lib.evaluated_rows(results)
     scenario = str(results.get("scenario", ""))
-    fig = _new_figure((6.0, 4.0))
+    fig = new_figure((6.0, 4.0))
     ax = fig.add_subplot()
     curves = [("accuracy_matrix", "GG, task given", "o-"),
               ("inferred_accuracy_matrix", f"{scenario}, task inferred", "s--")]
@@ -88,13 +94,13 @@ def plot_accuracy_vs_tasks(results: Mapping[str, Any], path: str | os.PathLike) 
             xs, ys = _row_means(m, rows)
             ax.plot(xs, ys, style, label=label)
     ax.set_xlabel("number of tasks learned")
-    _integer_ticks(ax.xaxis)
+    integer_ticks(ax.xaxis)
     ax.set_ylabel("mean accuracy over learned tasks")
     ax.set_title(_title(results))
     ax.grid(True, alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_accuracy_matrix(results: Mapping[str, Any], path: str | os.PathLike) -> pathlib.Path:
@@ -114,7 +120,7 @@ def plot_accuracy_matrix(results: Mapping[str, Any], path: str | os.PathLike) ->
     # Accuracies are fractions; fall back to the data range if a run stored percentages.
     vmax = max(1.0, float(finite.max())) if finite.size else 1.0
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="white")
-    fig = _new_figure((5.0 * max(1, len(mats)) + 1.0, 4.5))
+    fig = new_figure((5.0 * max(1, len(mats)) + 1.0, 4.5))
     axes = [fig.add_subplot(1, max(1, len(mats)), k + 1) for k in range(max(1, len(mats)))]
     image = None
     for ax, (m, title) in zip(axes, mats, strict=False):
@@ -125,12 +131,12 @@ def plot_accuracy_matrix(results: Mapping[str, Any], path: str | os.PathLike) ->
                           extent=(-0.5, n - 0.5, n + 0.5, 0.5))
         ax.set_xlabel("task evaluated")
         ax.set_ylabel("tasks learned")
-        _integer_ticks(ax.xaxis, ax.yaxis)
+        integer_ticks(ax.xaxis, ax.yaxis)
         ax.set_title(title)
     if image is not None:
         fig.colorbar(image, ax=axes, label="accuracy")
     fig.suptitle(_title(results))
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_task_inference(results: Mapping[str, Any],
@@ -152,17 +158,17 @@ def plot_task_inference(results: Mapping[str, Any],
     acc = m[t, : t + 1]
     defined = ~np.isnan(acc)
     mean = float(acc[defined].mean())
-    fig = _new_figure((6.0, 4.0))
+    fig = new_figure((6.0, 4.0))
     ax = fig.add_subplot()
     ax.bar(tasks[defined], acc[defined], width=0.8 if t < 50 else 1.0)
     ax.axhline(mean, color="black", linestyle="--", linewidth=1, label=f"mean {mean:.4f}")
     ax.set_xlabel("task")
-    _integer_ticks(ax.xaxis)
+    integer_ticks(ax.xaxis)
     ax.set_ylabel("task-inference accuracy")
     ax.set_ylim(0.0, max(1.05, float(acc[defined].max()) * 1.05))
     ax.set_title(f"{_title(results)}: after {t + 1} tasks learned")
     ax.legend(loc="lower right")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def write_plots(results: Mapping[str, Any], workdir: str | os.PathLike) -> list[pathlib.Path]:
@@ -179,3 +185,22 @@ def write_plots(results: Mapping[str, Any], workdir: str | os.PathLike) -> list[
     if ti is not None:
         paths.append(ti)
     return paths
+
+
+def plot_hopfield_recovery(res: Mapping[str, Any], path: str | os.PathLike):
+    """Hamming distance to the true mask against recovery steps, one line per task, one panel
+    per ``"method/rule"`` (the paper's Fig. 7, camera-ready numbering). Returns the PNG's path."""
+    by = res["hopfield"]["by_recovery"]
+    fig = new_figure((6.0 * len(by), 4.0))
+    for k, (name, r) in enumerate(by.items()):
+        ax = fig.add_subplot(1, len(by), k + 1)
+        for i, p in enumerate(r["per_task"]):
+            ax.plot(np.arange(len(p["hamming_per_step"])), p["hamming_per_step"],
+                    label=f"task {i} (acc {p['accuracy']:.3f})")
+        ax.set_xlabel("recovery step (test batch)")
+        ax.set_ylabel("Hamming distance to the true mask")
+        ax.set_yscale("symlog", linthresh=1.0)
+        ax.set_title(f"{res['config'].get('name', '')}: {name}")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    return save_figure(fig, path)

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from supsup_jax import bank as bank_lib
-from supsup_jax import inference, masking
+from supsup_jax import inference
 from supsup_jax.models.network import Network
 
 __all__ = ["TaskInference", "evaluate_unknown_task"]
@@ -56,13 +56,20 @@ class TaskInference:
         if self.m < 1:
             raise ValueError(f"m (images that decide a batch) must be >= 1, got {self.m}")
 
-    def infer(self, network: Network, params, bank, x, valid, superposed=None) -> jax.Array:
+    def precompute(self, bank: bank_lib.MaskBank):
+        """Per-bank work every batch shares: One-Shot's uniform superposition ``sum_i M_i / k``
+        (the same for every batch), ``None`` for the other methods."""
+        if self.method != "one_shot":
+            return None
+        return bank_lib.superpose(inference.uniform_alpha(bank), bank)
+
+    def infer(self, network: Network, params, bank, x, valid, precomputed=None) -> jax.Array:
         """int32 task per batch (``[]``) or per example (``[B]``) for float inputs ``x``.
 
-        ``superposed``: for One-Shot, the uniform superposition computed once per bank."""
+        ``precomputed``: :meth:`precompute` of this bank, computed once for many batches."""
         method = inference.METHODS[self.method]
-        if superposed is not None:
-            method = functools.partial(method, superposed=superposed)
+        if precomputed is not None:
+            method = functools.partial(method, superposed=precomputed)
         objective = inference.make_objective(self.objective, self.num_real)
         if self.per_example:
             one = lambda xi: method(network, params, bank, xi[None], jnp.ones((1,)), objective)
@@ -74,23 +81,14 @@ class TaskInference:
 @functools.partial(jax.jit, static_argnames=("network", "how", "preprocess", "shared_labels"))
 def _evaluate_batches(params, bank, images, labels, true_task, *, network, how, preprocess,
                       shared_labels):
-    has_bn = bool(jax.tree.leaves(network.batch_stats))
-    # With uniform alpha the superposed mask is the same for every batch: compute it once.
-    superposed = (bank_lib.superpose(inference.uniform_alpha(bank), bank)
-                  if how.method == "one_shot" else None)
+    precomputed = how.precompute(bank)
 
     def one(batch):
         x_u8, y = batch
         valid = y >= 0
         x = preprocess(x_u8, None, False)
-        task = how.infer(network, params, bank, x, valid, superposed)
-
-        def logits_for(t, xs):
-            stats = bank.task_batch_stats(t) if has_bn else network.batch_stats
-            out, _ = network.apply(masking.mask_params(params, bank.task_masks(t)), stats, xs,
-                                   False)
-            return out
-
+        task = how.infer(network, params, bank, x, valid, precomputed)
+        logits_for = functools.partial(inference.task_logits, network, params, bank)
         if how.per_example:
             logits = jax.vmap(lambda t, xi: logits_for(t, xi[None])[0])(task, x)
             right_task = task == true_task

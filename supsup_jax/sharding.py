@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 
 import jax
@@ -25,8 +26,8 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from supsup_jax import bank as bank_lib
-from supsup_jax import inference, masking
-from supsup_jax import train as train_lib
+from supsup_jax import inference
+from supsup_jax.steps import TaskState
 
 __all__ = [
     "data_parallel_train_step",
@@ -35,6 +36,7 @@ __all__ = [
     "sharded_alpha_gradient",
     "sharded_binary",
     "sharded_exhaustive",
+    "sharded_gradient",
     "sharded_one_shot",
 ]
 
@@ -44,8 +46,9 @@ def make_mesh(shape: Sequence[int], names: Sequence[str]) -> jax.sharding.Mesh:
     return jax.make_mesh(tuple(shape), tuple(names), axis_types=(AxisType.Auto,) * len(shape))
 
 
-def data_parallel_train_step(trainer: train_lib.Trainer, mesh, axis: str = "data"):
-    """A jitted ``step(params, state, images, labels, key_data) -> (state, metrics)`` whose batch
+def data_parallel_train_step(trainer, mesh, axis: str = "data"):
+    """For a :class:`~supsup_jax.train.Trainer`, a jitted
+    ``step(params, state, images, labels, key_data) -> (state, metrics)`` whose batch
     is sharded over ``axis``; it equals :meth:`Trainer.train_step` on the whole batch with key
     ``jax.random.wrap_key_data(key_data)`` (raw key data, so that it can be a global array).
 
@@ -74,7 +77,7 @@ def data_parallel_train_step(trainer: train_lib.Trainer, mesh, axis: str = "data
         scores = optax.apply_updates(state.scores, updates)
         stats = jax.lax.pmean(stats, axis)
         metrics = {"loss": jax.lax.psum(loss, axis), "accuracy": jax.lax.psum(acc, axis)}
-        return train_lib.TaskState(scores, stats, opt_state), metrics
+        return TaskState(scores, stats, opt_state), metrics
 
     step = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(axis), P(axis), P()),
                          out_specs=(P(), P()))
@@ -102,68 +105,61 @@ def shard_bank(bank: bank_lib.MaskBank, mesh, axis: str = "tasks") -> bank_lib.M
         num_tasks=jax.device_put(bank.num_tasks, NamedSharding(mesh, P())))
 
 
-def sharded_alpha_gradient(network, params, bank, alpha, x, weights, objective, mesh,
-                           axis: str = "tasks"):
+def _local_bank(bank: bank_lib.MaskBank, bits, batch_stats=None) -> bank_lib.MaskBank:
+    """Inside ``shard_map``: this device's slots as a bank of their own (all counted learned;
+    the caller masks the unlearned ones on the global task axis)."""
+    n = next(iter(bits.values())).shape[0]
+    return bank_lib.MaskBank(bits, {} if batch_stats is None else batch_stats,
+                             jnp.int32(n), bank.shapes)
+
+
+def sharded_alpha_gradient(network, params, bank, alpha, x, weights, objective,
+                           superposed=None, grad_rows=None, *, mesh, axis: str = "tasks"):
     """``(objective, d objective / d alpha)`` with the bank's task axis sharded over ``axis``.
 
-    Equals :func:`inference.alpha_gradient`. Per device: the partial superposition of its tasks,
-    one ``psum`` of ``P`` floats, the forward/backward pass, and the contraction of its tasks.
+    Equals :func:`inference.alpha_gradient` (same signature, ``superposed`` ignored: each device
+    superposes its own slots). Per device: the partial superposition of its tasks, one ``psum``
+    of ``P`` floats, the forward/backward pass, and the contraction of its tasks' ``grad_rows``.
     """
-    shapes = bank.shapes
+    del superposed
+    rows = bank.learned() if grad_rows is None else grad_rows
 
-    def local(bits, alpha, params, x, weights):
-        partial = {p: bank_lib._superpose_layer(alpha, bits[p], s) for p, s in shapes}
-        sup = jax.lax.psum(partial, axis)
+    def local(bits, alpha, rows, params, x, weights):
+        part = _local_bank(bank, bits)
+        sup = jax.lax.psum(bank_lib.superpose(alpha, part), axis)
+        value, ct = jax.value_and_grad(
+            lambda m: objective(inference.masked_logits(network, params, m, x), weights))(sup)
+        return value, bank_lib.contract(part, ct, rows)
 
-        def f(masks):
-            logits, _ = network.apply(masking.mask_params(params, masks), network.batch_stats,
-                                      x, bool(jax.tree.leaves(network.batch_stats)))
-            return objective(logits, weights)
-
-        value, ct = jax.value_and_grad(f)(sup)
-        g = sum(bank_lib._contract_layer(bits[p], ct[p]) for p, _ in shapes)
-        return value, g
-
-    fn = jax.shard_map(local, mesh=mesh, in_specs=(P(axis), P(axis), P(), P(), P()),
+    fn = jax.shard_map(local, mesh=mesh, in_specs=(P(axis), P(axis), P(axis), P(), P(), P()),
                        out_specs=(P(), P(axis)), check_vma=False)
-    return fn(bank.bits, alpha, params, x, weights)
+    return fn(bank.bits, alpha, rows, params, x, weights)
+
+
+def sharded_gradient(mesh, axis: str = "tasks") -> inference.GradientFn:
+    """:func:`sharded_alpha_gradient` on ``mesh``, as the ``gradient`` of the inference methods."""
+    return functools.partial(sharded_alpha_gradient, mesh=mesh, axis=axis)
 
 
 def sharded_one_shot(network, params, bank, x, weights, objective, mesh, axis="tasks"):
     """One-Shot on a task-sharded bank (same answer as :func:`inference.one_shot`)."""
-    _, g = sharded_alpha_gradient(network, params, bank, inference.uniform_alpha(bank), x,
-                                  weights, objective, mesh, axis)
-    return jnp.argmin(jnp.where(bank.learned(), g, jnp.inf)).astype(jnp.int32)
+    return inference.one_shot(network, params, bank, x, weights, objective,
+                              gradient=sharded_gradient(mesh, axis))
 
 
 def sharded_binary(network, params, bank, x, weights, objective, mesh, axis="tasks"):
     """Binary on a task-sharded bank (same answer as :func:`inference.binary`)."""
-
-    def body(alive):
-        _, g = sharded_alpha_gradient(network, params, bank, inference.uniform_alpha(bank, alive),
-                                      x, weights, objective, mesh, axis)
-        return inference.halve(alive, g)
-
-    alive = jax.lax.while_loop(lambda a: jnp.sum(a) > 1, body, bank.learned())
-    return jnp.argmax(alive).astype(jnp.int32)
+    return inference.binary(network, params, bank, x, weights, objective,
+                            gradient=sharded_gradient(mesh, axis))
 
 
 def sharded_exhaustive(network, params, bank, x, weights, mesh, axis="tasks"):
     """Exhaustive (lowest H) on a task-sharded bank: each device scores its own tasks."""
-    shapes = bank.shapes
-    has_bn = bool(jax.tree.leaves(network.batch_stats))
 
     def local(bits, stats, params, x, weights):
-        def value(i):
-            masks = {p: bank_lib._unpack_row(bits[p][i], s).astype(jnp.float32)
-                     for p, s in shapes}
-            task_stats = jax.tree.map(lambda a: a[i], stats) if has_bn else network.batch_stats
-            logits, _ = network.apply(masking.mask_params(params, masks), task_stats, x, False)
-            return inference.entropy(logits, weights)
-
-        return jax.lax.map(value, jnp.arange(next(iter(bits.values())).shape[0]))
+        return inference.task_entropies(network, params, _local_bank(bank, bits, stats), x,
+                                        weights)
 
     fn = jax.shard_map(local, mesh=mesh, in_specs=(P(axis), P(axis), P(), P(), P()),
                        out_specs=P(axis), check_vma=False)
-    values = fn(bank.bits, bank.batch_stats, params, x, weights)
-    return jnp.argmin(jnp.where(bank.learned(), values, jnp.inf)).astype(jnp.int32)
+    return inference.lowest_learned(bank, fn(bank.bits, bank.batch_stats, params, x, weights))

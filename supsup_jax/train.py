@@ -3,35 +3,49 @@
 Only the current task's scores (and its BatchNorm running statistics) change; the weights are
 frozen and passed to every jitted function as an argument, never closed over, so one compilation
 serves every task. A task's optimiser state is created by :meth:`Trainer.init_task` and dropped
-with its :class:`TaskState` when the task ends (SPEC 1.4 step 8).
+with its :class:`~supsup_jax.steps.TaskState` when the task ends (SPEC 1.4 step 8).
 
-The step loop runs on device: :meth:`Trainer.train_task` hands chunks of ``chunk_size`` steps to
-one jitted ``lax.scan``; the host only slices index arrays between chunks (no callbacks, no host
-syncs inside the loop).
-
-Per-task state is stacked on a leading task axis (``{path: [T, ...]}`` masks and ``[T, ...]``
-batch statistics), and :meth:`Trainer.evaluate_tasks` evaluates every learned task in one call
-with ``jax.vmap`` over that axis.
+The step loop is :class:`supsup_jax.loop.StepLoop` (chunks of ``chunk_size`` steps, each one
+jitted ``lax.scan``; no host syncs inside a chunk). Per-task state is stacked on a leading task
+axis, and :meth:`Trainer.evaluate_bank` evaluates many tasks of a mask bank in one call
+(``jax.vmap`` over that axis; ``lax.map`` on CPU). The pure pieces (optimisers, loss,
+preprocessing, data check) live in :mod:`supsup_jax.steps` and are re-exported here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from supsup_jax import masking
+from supsup_jax import evaluate as evaluate_lib
+from supsup_jax import masking, sharding
 from supsup_jax.data.iterator import BatchIterator
-from supsup_jax.data.transforms import normalize, random_crop_flip, random_resized_crop_flip
+from supsup_jax.loop import StepLoop, default_step_loop
 from supsup_jax.models.network import Network
+from supsup_jax.steps import (
+    Preprocess,
+    TaskState,
+    check_data,
+    cross_entropy,
+    make_optimizer,
+    make_preprocess,
+    stack_tasks,
+    take_task,
+    update_running_mean,
+)
 
 __all__ = [
+    "Preprocess",
     "TaskState",
     "Trainer",
+    "check_data",
     "cross_entropy",
     "make_optimizer",
     "make_preprocess",
@@ -41,146 +55,6 @@ __all__ = [
 ]
 
 Params = Any
-
-
-class TaskState(NamedTuple):
-    """What changes while one task trains.
-
-    Attributes:
-      scores: ``{path: float[...]}`` real-valued scores, one per masked weight.
-      batch_stats: this task's BatchNorm running statistics (``{}`` without BN).
-      opt_state: the optimiser state of the scores; it never outlives the task.
-    """
-
-    scores: dict[str, jax.Array]
-    batch_stats: Params
-    opt_state: optax.OptState
-
-
-def make_optimizer(
-    name: str,
-    learning_rate: float,
-    *,
-    weight_decay: float = 0.0,
-    momentum: float = 0.9,
-    schedule: str = "constant",
-    steps_per_epoch: int | None = None,
-    epochs: int | None = None,
-    warmup_epochs: int = 0,
-) -> optax.GradientTransformation:
-    """The official code's optimisers, with PyTorch semantics (SPEC 1.4).
-
-    * ``"rmsprop"``: PyTorch ``RMSprop`` defaults: ``alpha = 0.99``, ``eps = 1e-8`` added outside
-      the square root, no momentum, no weight decay.
-    * ``"adam"``: PyTorch ``Adam(weight_decay=wd)``, i.e. L2 added to the gradient before the
-      moments (coupled, not AdamW).
-    * ``"sgd"``: PyTorch ``SGD(momentum, weight_decay=wd)``, coupled L2, no dampening.
-
-    ``schedule="cosine"`` is ``CosineAnnealingLR(T_max=epochs)`` stepped once per epoch, i.e.
-    ``lr * (1 + cos(pi * e / epochs)) / 2`` during epoch ``e``, after ``warmup_epochs`` epochs of
-    linear warm-up ``lr * (e + 1) / warmup_epochs`` (SplitImageNet); ``"constant"`` is the
-    official ``--no-scheduler``.
-    """
-    if learning_rate <= 0:
-        raise ValueError(f"learning_rate must be positive, got {learning_rate}")
-    if schedule == "constant":
-        lr = learning_rate
-    elif schedule == "cosine":
-        if not steps_per_epoch or not epochs:
-            raise ValueError("the cosine schedule needs steps_per_epoch and epochs")
-        cos_epochs = epochs - warmup_epochs
-
-        def lr(count):
-            e = (count // steps_per_epoch).astype(jnp.float32)
-            warm = learning_rate * (e + 1) / max(warmup_epochs, 1)
-            cos = 0.5 * learning_rate * (1 + jnp.cos(jnp.pi * (e - warmup_epochs) / cos_epochs))
-            return jnp.where(e < warmup_epochs, warm, cos)
-    else:
-        raise ValueError(f"unknown schedule {schedule!r}; choose 'constant' or 'cosine'")
-
-    if name == "rmsprop":
-        return optax.rmsprop(lr, decay=0.99, eps=1e-8, eps_in_sqrt=False)
-    if name == "adam":
-        return optax.chain(optax.add_decayed_weights(weight_decay), optax.adam(lr))
-    if name == "sgd":
-        return optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(lr, momentum))
-    raise ValueError(f"unknown optimizer {name!r}; choose 'rmsprop', 'adam' or 'sgd'")
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Mean softmax cross-entropy over all outputs (s-neurons included); labels ``int[B]``."""
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-
-Preprocess = Callable[[jax.Array, jax.Array, bool], jax.Array]
-
-
-def make_preprocess(mean, std, augment: str = "none") -> Preprocess:
-    """``preprocess(images_uint8, key, train) -> float32``: augmentation (train only) and
-    per-channel normalisation (SPEC 2.2). ``augment`` is ``"none"``, ``"cifar"`` (random crop
-    with 4-pixel padding and horizontal flip) or ``"imagenet"`` (random resized crop and flip).
-    """
-    if augment not in ("none", "cifar", "imagenet"):
-        raise ValueError(f"unknown augmentation {augment!r}; choose 'none', 'cifar' or 'imagenet'")
-    mean, std = tuple(mean), tuple(std)
-
-    def preprocess(images, key, train):
-        if train and augment == "cifar":
-            images = random_crop_flip(key, images, pad=4)
-        elif train and augment == "imagenet":
-            images = random_resized_crop_flip(key, images, size=images.shape[1])
-        return normalize(images, mean, std)
-
-    return preprocess
-
-
-def update_running_mean(mean: Mapping[str, jax.Array] | None, count: int,
-                        scores: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-    """Running mean of the scores of the ``count`` tasks so far, updated with one more task.
-
-    The Transfer variant (SPEC 1.8) initialises task ``t`` with the mean of the *scores* (not the
-    masks) of tasks ``0..t-1``; keeping the running mean avoids storing old scores.
-    """
-    if mean is None or count == 0:
-        return dict(scores)
-    return {p: mean[p] + (scores[p] - mean[p]) / (count + 1) for p in scores}
-
-
-def stack_tasks(trees: Iterable[Params]) -> Params:
-    """Stack per-task pytrees on a new leading task axis."""
-    trees = list(trees)
-    if not trees:
-        raise ValueError("cannot stack an empty list of tasks")
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
-
-
-def take_task(stacked: Params, task: int) -> Params:
-    """Task ``task``'s slice of a stacked pytree, with a range check."""
-    leaves = jax.tree.leaves(stacked)
-    num = leaves[0].shape[0] if leaves else 0
-    if not 0 <= task < num:
-        raise IndexError(f"task index {task} is outside the {num} learned tasks")
-    return jax.tree.map(lambda x: x[task], stacked)
-
-
-def check_data(network: Network, images, labels, padded: bool = False) -> None:
-    """Raise a clear error unless ``images`` are uint8 ``(N, *network.input_shape)`` with ``N``
-    integer labels in ``[0, num_outputs)`` (``-1`` allowed as padding when ``padded``)."""
-    shape = tuple(images.shape[1:])
-    if shape != network.input_shape:
-        raise ValueError(f"images have example shape {shape}; the network expects "
-                         f"{network.input_shape}")
-    if images.dtype != np.uint8:
-        raise ValueError(f"images must be uint8 (normalised on device), got {images.dtype}")
-    if len(labels) != images.shape[0]:
-        raise ValueError(f"{images.shape[0]} images but {len(labels)} labels")
-    labels = np.asarray(labels)
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"labels must be integers, got {labels.dtype}")
-    lo = -1 if padded else 0
-    if labels.size and (labels.min() < lo or labels.max() >= network.num_outputs):
-        raise ValueError(f"labels span [{labels.min()}, {labels.max()}]; the network has "
-                         f"{network.num_outputs} outputs")
 
 
 class Trainer:
@@ -226,23 +100,16 @@ class Trainer:
         self.eval_batch_size = eval_batch_size
         self.data_parallel = data_parallel
         self.weights = masking.masked_leaves(network.params, is_masked)
-        # XLA:CPU runs convolution gradients inside a while loop ~15x slower than at top level
-        # (GEMResNet18: 0.75 s vs 0.05 s per step here) and a conv vmapped over per-task kernels
-        # ~7x slower than a loop over tasks, while scanning an MLP saves the per-step dispatch
-        # (FC 1024-1024: 13.6 ms vs 19 ms per step) and vmapping it is one batched matmul.
-        self.conv_on_cpu = (any(w.ndim > 2 for w in self.weights.values())
-                            and jax.default_backend() == "cpu")
-        if step_loop == "auto":
-            step_loop = "python" if self.conv_on_cpu else "scan"
-        if step_loop not in ("scan", "python"):
-            raise ValueError(f"step_loop must be 'auto', 'scan' or 'python', got {step_loop!r}")
-        self.step_loop = step_loop
-        self._train_chunk = jax.jit(self._train_chunk_impl, donate_argnums=(1,))
-        self._train_indexed_step = jax.jit(self._indexed_step_impl, donate_argnums=(1,))
-        self._gather = jax.jit(lambda images, labels, idx: (images[idx], labels[idx]))
+        self.step_loop = default_step_loop(self.weights, step_loop)
+        # XLA:CPU runs a batch of per-task products no faster than one task after another (and
+        # convolutions slower), so on CPU tasks are evaluated in sequence (benchmarks/README.md).
+        self.tasks_in_sequence = jax.default_backend() == "cpu"
+        self.loop = StepLoop(self.train_step, chunk_size=chunk_size, step_loop=self.step_loop)
+        self._dp_mesh = self._dp_step = None
         self._evaluate = jax.jit(self._accuracy)
         self._evaluate_tasks = jax.jit(
             jax.vmap(self._accuracy, in_axes=(None, 0, 0, 0, 0)))
+        self._evaluate_bank = jax.jit(self._bank_accuracies)
 
     # ----------------------------------------------------------------------------- training
     def logits(self, params, masks, batch_stats, x, train: bool = False):
@@ -268,19 +135,6 @@ class Trainer:
         scores = optax.apply_updates(state.scores, updates)
         return TaskState(scores, stats, opt_state), {"loss": loss, "accuracy": acc}
 
-    def _train_chunk_impl(self, params, state, images, labels, key, step0):
-        def body(state, inputs):
-            x, y, i = inputs
-            return self.train_step(params, state, x, y, jax.random.fold_in(key, step0 + i))
-
-        steps = jnp.arange(images.shape[0])
-        state, metrics = jax.lax.scan(body, state, (images, labels, steps))
-        return state, jax.tree.map(jnp.mean, metrics)
-
-    def _indexed_step_impl(self, params, state, images, labels, key, step0, i):
-        return self.train_step(params, state, images[i], labels[i],
-                               jax.random.fold_in(key, step0 + i))
-
     def train_batches(self, state: TaskState, images, labels, key: jax.Array, start_step: int,
                       *, params: Params | None = None):
         """Train on given batches: uint8 ``images`` ``[c, B, *input_shape]``, ``labels``
@@ -289,17 +143,8 @@ class Trainer:
         Returns ``(state, metrics)`` with the chunk's mean loss and accuracy (device scalars).
         """
         params = self.network.params if params is None else params
-        return self._run_chunk(params, state, jnp.asarray(images), jnp.asarray(labels, jnp.int32),
-                               key, start_step)
-
-    def _run_chunk(self, params, state, images, labels, key, step0):
-        if self.step_loop == "scan":
-            return self._train_chunk(params, state, images, labels, key, step0)
-        metrics = []
-        for i in range(images.shape[0]):
-            state, m = self._train_indexed_step(params, state, images, labels, key, step0, i)
-            metrics.append(m)
-        return state, jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs)), *metrics)
+        return self.loop.run_chunk(params, state, jnp.asarray(images),
+                                    jnp.asarray(labels, jnp.int32), key, start_step)
 
     def init_task(self, key: jax.Array, batch_stats: Params | None = None,
                   scores: Mapping[str, jax.Array] | None = None) -> TaskState:
@@ -348,26 +193,8 @@ class Trainer:
         if data_parallel or jax.process_count() > 1:
             return self._train_data_parallel(state, images, labels, key, num_steps,
                                              batch_size, start_step, params, on_chunk)
-        iterator = BatchIterator(len(labels), batch_size, key)
-        in_memory = isinstance(images, np.ndarray | jax.Array)
-        if in_memory:
-            images_dev, labels_dev = jnp.asarray(images), jnp.asarray(labels, jnp.int32)
-        step = start_step
-        end = start_step + num_steps
-        while step < end:
-            count = min(self.chunk_size, end - step)
-            idx = iterator.index_chunk(step, count)
-            if in_memory:
-                x, y = self._gather(images_dev, labels_dev, jnp.asarray(idx))
-            else:
-                flat = idx.reshape(-1)
-                x = np.asarray(images[flat]).reshape(count, batch_size, *images.shape[1:])
-                y = np.asarray(labels)[flat].reshape(count, batch_size).astype(np.int32)
-            state, metrics = self._run_chunk(params, state, x, y, key, step)
-            step += count
-            if on_chunk is not None:
-                on_chunk(step, metrics)
-        return state
+        return self.loop.run(params, state, images, labels, key, num_steps, batch_size,
+                              start_step=start_step, on_chunk=on_chunk)
 
     def _train_data_parallel(self, state, images, labels, key, num_steps, batch_size,
                              start_step, params, on_chunk):
@@ -376,17 +203,12 @@ class Trainer:
         # the examples, and it draws batch_size / P of them per step from its own shuffle; the
         # global batch is their concatenation. One process draws exactly the batches of the
         # 1-device loop.
-        from jax.sharding import NamedSharding
-        from jax.sharding import PartitionSpec as P
-
-        from supsup_jax import sharding
-
         nproc, pid = jax.process_count(), jax.process_index()
         if batch_size % jax.device_count():
             raise ValueError(f"batch size {batch_size} is not a multiple of the "
                              f"{jax.device_count()} devices of this multi-process run")
         mesh = sharding.make_mesh((jax.device_count(),), ("data",))
-        if getattr(self, "_dp_mesh", None) != mesh:
+        if self._dp_mesh != mesh:
             self._dp_mesh, self._dp_step = mesh, sharding.data_parallel_train_step(self, mesh)
         replicated, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
         to_global = lambda tree, s: jax.tree.map(  # noqa: E731
@@ -412,25 +234,23 @@ class Trainer:
 
     # --------------------------------------------------------------------------- evaluation
     def _accuracy(self, params, masks, batch_stats, images, labels):
-        # `labels < 0` marks padding, so tasks with test sets of different sizes stack.
-        bs = self.eval_batch_size
-        n = images.shape[0]
-        pad = -n % bs
-        images = jnp.pad(images, [(0, pad)] + [(0, 0)] * (images.ndim - 1))
-        labels = jnp.pad(labels, (0, pad), constant_values=-1)
-        images = images.reshape(-1, bs, *images.shape[1:])
-        labels = labels.reshape(-1, bs)
         masks = {p: m.astype(jnp.float32) for p, m in masks.items()}
         effective = masking.mask_params(params, masks)
 
-        def one(batch):
-            x, y = batch
-            logits, _ = self.network.apply(effective, batch_stats,
-                                           self.preprocess(x, None, False), False)
-            return jnp.sum((jnp.argmax(logits, -1) == y) & (y >= 0))
+        def logits(x):
+            return self.network.apply(effective, batch_stats, self.preprocess(x, None, False),
+                                      False)[0]
 
-        correct = jax.lax.map(one, (images, labels)).sum()
-        return correct / jnp.maximum(jnp.sum(labels >= 0), 1)
+        return evaluate_lib.accuracy(logits, images, labels, self.eval_batch_size)
+
+    def _bank_accuracies(self, params, bank, tasks, images, labels):
+        def one(t, x, y):
+            stats = bank.task_batch_stats(t) if self.network.has_bn else self.network.batch_stats
+            return self._accuracy(params, bank.task_masks(t), stats, x, y)
+
+        if self.tasks_in_sequence:
+            return jax.lax.map(lambda a: one(*a), (tasks, images, labels))
+        return jax.vmap(one)(tasks, images, labels)
 
     def evaluate(self, masks, batch_stats, images, labels, *, params: Params | None = None):
         """GG accuracy of one task: argmax over all outputs of ``f(x; W * M)`` against labels.
@@ -451,7 +271,7 @@ class Trainer:
 
     def evaluate_tasks(self, masks, batch_stats, images, labels, *, params: Params | None = None):
         """GG accuracy of every task in one call, ``jax.vmap`` over the leading task axis
-        (a loop over tasks for convolutional networks on CPU, where that is faster).
+        (a loop over tasks on CPU, where that is faster).
 
         Args:
           masks: ``{path: [T, ...]}`` stacked masks.
@@ -471,11 +291,44 @@ class Trainer:
                              f"{images.shape[0]}/{labels.shape[0]} tasks")
         for t in range(num):
             self._check_data(images[t], labels[t], padded=True)
-        if self.conv_on_cpu:
+        if self.tasks_in_sequence:
             return jnp.stack([self._evaluate(params, *take_task((masks, batch_stats, images,
                                                                  labels), t))
                               for t in range(num)])
         return self._evaluate_tasks(params, masks, batch_stats, images, labels)
+
+    def evaluate_bank(self, bank, tasks, images, labels, *, params: Params | None = None):
+        """GG accuracy of several tasks of a mask bank, each with its own mask and BN statistics,
+        in one call: ``jax.vmap`` over the tasks (``lax.map`` on CPU). The masks are unpacked
+        inside the call, so memory holds ``len(tasks)`` of them (one with ``lax.map``).
+
+        Args:
+          bank: a :class:`~supsup_jax.bank.MaskBank` of this network's masked weights.
+          tasks: int ``(G,)`` learned slots (repeats allowed).
+          images: uint8 ``(G, N, *input_shape)``, task ``tasks[g]``'s test set at ``g``.
+          labels: int ``(G, N)``, ``-1`` marking padding
+            (:func:`supsup_jax.evaluate.stack_test_sets`).
+
+        Returns:
+          float32 ``(G,)`` accuracies.
+        """
+        params = self.network.params if params is None else params
+        tasks, images, labels = np.asarray(tasks), np.asarray(images), np.asarray(labels)
+        if set(bank.bits) != set(self.weights):
+            raise ValueError(f"the bank holds masks of {sorted(bank.bits)}; the masked weights "
+                             f"are {sorted(self.weights)}")
+        learned = int(bank.num_tasks)
+        if tasks.ndim != 1 or not np.issubdtype(tasks.dtype, np.integer) or (
+                tasks.size and (tasks.min() < 0 or tasks.max() >= learned)):
+            raise IndexError(f"tasks {tasks.tolist()} must be a 1-D list of the {learned} "
+                             "learned slots")
+        if images.shape[0] != tasks.size or labels.shape[0] != tasks.size:
+            raise ValueError(f"{tasks.size} tasks but images/labels for "
+                             f"{images.shape[0]}/{labels.shape[0]} tasks")
+        for g in range(tasks.size):
+            self._check_data(images[g], labels[g], padded=True)
+        return self._evaluate_bank(params, bank, jnp.asarray(tasks, jnp.int32),
+                                   jnp.asarray(images), jnp.asarray(labels, jnp.int32))
 
     # ---------------------------------------------------------------------------- checking
     def _check_data(self, images, labels, padded: bool = False) -> None:

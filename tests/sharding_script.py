@@ -106,7 +106,7 @@ def check_task_sharded_bank():
         alpha = inference.uniform_alpha(padded)
         v1, g1 = inference.alpha_gradient(net, net.params, padded, alpha, x, w, objective)
         v4, g4 = run(lambda a, b, o=objective: sharding.sharded_alpha_gradient(
-            net, net.params, b, a, x, w, o, mesh), alpha, sharded)
+            net, net.params, b, a, x, w, o, mesh=mesh), alpha, sharded)
         np.testing.assert_allclose(float(v4), float(v1), rtol=1e-5)
         np.testing.assert_allclose(np.asarray(g4), np.asarray(g1), rtol=1e-4, atol=1e-7)
         for m in (1, 16):

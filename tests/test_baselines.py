@@ -18,7 +18,8 @@ from supsup_jax import train as train_lib
 from supsup_jax.baselines import batche as batche_lib
 from supsup_jax.baselines import core
 from supsup_jax.baselines import psp as psp_lib
-from supsup_jax.experiment import build, train_and_evaluate
+from supsup_jax.runner import train_and_evaluate
+from supsup_jax.runner.build import check_method
 
 IN, HID, OUT = 12, 7, 5
 
@@ -271,11 +272,11 @@ def test_bad_method_input_errors():
     c = compare_permuted.get_config("batche,tiny,fashion")
     c.scenario = "GNs"
     with pytest.raises(ValueError, match="GG .*or GNu"):
-        build(c)
+        check_method(c)
     c = compare_permuted.get_config("psp,tiny,fashion")
     c.method = "ewc"
     with pytest.raises(ValueError, match="unknown method"):
-        build(c)
+        check_method(c)
     with pytest.raises(ValueError, match="do not apply to psp"):
         compare_permuted.get_config("psp,randw")
     with pytest.raises(ValueError, match="pick one method"):
@@ -293,7 +294,7 @@ def test_splitcifar100_configs_select_each_method():
         c = gg_splitcifar100.get_config(variants + ",tiny")
         assert (c.method, c.rand_w, c.scenario, c.model) == (method, rand_w, "GG",
                                                             "gemresnet18")
-    assert "method" not in gg_splitcifar100.get_config("transfer")  # SupSup configs unchanged
+    assert gg_splitcifar100.get_config("transfer").method == "supsup"  # SupSup configs unchanged
 
 
 class _OneConv(nnx.Module):

@@ -18,6 +18,7 @@ from supsup_jax.data import (
     load_dataset,
     split_cifar100,
     split_imagenet,
+    tfds_source,
 )
 from supsup_jax.data import sources as sources_lib
 
@@ -176,10 +177,10 @@ class _ListSource:
 
 
 def test_read_columns_is_batched(monkeypatch):
-    monkeypatch.setattr(sources_lib, "_READ_CHUNK", 4)
+    monkeypatch.setattr(tfds_source, "READ_CHUNK", 4)
     examples = [{"image": np.full((2, 2, 1), i, np.uint8), "label": np.int64(i)} for i in range(10)]
     source = _ListSource(examples)
-    cols = sources_lib._read_columns(source, ["image", "label"])
+    cols = tfds_source.read_columns(source, ["image", "label"])
     assert cols["image"].shape == (10, 2, 2, 1) and cols["image"].dtype == np.uint8
     np.testing.assert_array_equal(cols["label"], np.arange(10))
     assert source.batched_calls == 1 + 3  # one probe, then ceil(10 / 4) chunks
@@ -188,7 +189,7 @@ def test_read_columns_is_batched(monkeypatch):
 def test_center_crop_offsets():
     # Shorter side already 256: the resize is the identity and only the crop offsets matter.
     image = np.random.default_rng(0).integers(0, 256, (300, 256, 3), dtype=np.uint8)
-    out = sources_lib._resize_center_crop(image, 224, 256)
+    out = tfds_source.resize_center_crop(image, 224, 256)
     np.testing.assert_array_equal(out, image[38:262, 16:240])
 
 
@@ -244,7 +245,7 @@ def test_tfds_mock_imagenet_lazy(isolated):
         assert batch.shape == (3, 224, 224, 3) and batch.dtype == np.uint8
         np.testing.assert_array_equal(batch[1], batch[2])
         raw = tfds.data_source("imagenet2012", split="train", download=False)[5]["image"]
-        np.testing.assert_array_equal(batch[1], sources_lib._resize_center_crop(raw, 224, 256))
+        np.testing.assert_array_equal(batch[1], tfds_source.resize_center_crop(raw, 224, 256))
 
         stream = split_imagenet(ds)
         assert stream.augment == "imagenet" and stream.num_tasks == 100

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from supsup_jax import results
-from supsup_jax.experiment import train_and_evaluate
+from supsup_jax.runner import train_and_evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "experiments", "configs")
@@ -173,3 +173,20 @@ def test_tensorboard_with_checkpointed_evaluation(tmp_path, fashion_mnist):
     res = train_and_evaluate(config, tmp_path)
     assert res["accuracy_matrix"][1][0] is None and res["accuracy_matrix"][1][1] is not None
     assert res["backward_transfer"] is not None
+
+
+def test_a_workdir_from_before_the_schema_grew_resumes_and_a_changed_field_does_not():
+    from supsup_jax.checkpoint import CheckpointError
+    from supsup_jax.runner import record
+
+    c = _config("gnu_permuted", "tiny,fashion")
+    # The fingerprint a run stored before base.py declared these fields (commit 7872ce1).
+    old = json.loads(record.comparable(c))
+    for k in (*record.ADDED_FIELDS, "hopfield"):
+        del old[k]
+    record.check_resumable(json.dumps(old), c, "WORKDIR")
+    with pytest.raises(CheckpointError, match=r"WORKDIR holds a run of a different config.*lr"):
+        record.check_resumable(json.dumps({**old, "lr": 0.5}), c, "WORKDIR")
+    c.method = "batche"  # a new field set to another value than old runs used: a mismatch
+    with pytest.raises(CheckpointError, match="method: None vs 'batche'"):
+        record.check_resumable(json.dumps(old), c, "WORKDIR")

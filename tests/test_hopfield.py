@@ -274,31 +274,41 @@ def test_end_to_end_recovery_on_fashion(fashion_mnist):
         assert rec.accuracy(r.masks, x, y) == pytest.approx(given)
 
 
-def test_runner_runs_hopsupsup_and_resumes_after_the_last_finished_task(tmp_path, fashion_mnist):
+def test_runner_runs_hopsupsup_and_resumes_after_the_last_finished_task(tmp_path, fashion_mnist,
+                                                                       monkeypatch):
     from experiments.configs import hopsupsup as hop_config
-    from supsup_jax import experiment
+    from supsup_jax.checkpoint import CheckpointError
+    from supsup_jax.runner import train_and_evaluate
 
     c = hop_config.get_config("fashion,tiny")
     c.steps, c.max_eval_examples = 10, 128
     c.hopfield.repeats, c.hopfield.compare_methods, c.hopfield.compare_rules = 1, (), ()
     c.quiet = True
-    full = experiment.train_and_evaluate(c, tmp_path / "a")  # through the runner's entry point
+    full = train_and_evaluate(c, tmp_path / "a")  # through the runner's entry point
     assert full["num_tasks"] == 5 and len(full["wall_time_per_task"]) == 5
-    # A run killed after task 0: its saved masks are reused and only tasks 1-4 train again.
-    experiment.train_and_evaluate(c, tmp_path / "b")
-    saved = tmp_path / "b" / "hopsupsup_tasks.npz"
-    with np.load(saved) as z:
-        keep = {k: z[k] for k in z.files if k[0] not in "1234"}
-    keep["num_done"], keep["given"], keep["wall"] = np.asarray(1), keep["given"][:1], [123.0]
-    np.savez(saved, **keep)
-    resumed = experiment.train_and_evaluate(c, tmp_path / "b")
-    assert resumed["wall_time_per_task"][0] == 123.0  # task 0 was not retrained
+    # A run killed while training task 2: tasks 0 and 1 come back from its checkpoint.
+    trained, kill_at = [], [3]
+    original = train_lib.Trainer.train_task
+
+    def train_task(self, *args, **kwargs):
+        trained.append(1)
+        if len(trained) == kill_at[0]:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(train_lib.Trainer, "train_task", train_task)
+    with pytest.raises(KeyboardInterrupt):
+        train_and_evaluate(c, tmp_path / "b")
+    trained.clear()
+    kill_at[0] = None
+    resumed = train_and_evaluate(c, tmp_path / "b")
+    assert len(trained) == 3  # tasks 2, 3 and 4
     assert resumed["accuracy_matrix"] == full["accuracy_matrix"]
     assert resumed["inferred_accuracy_matrix"] == full["inferred_accuracy_matrix"]
     c2 = hop_config.get_config("fashion,tiny")
     c2.steps, c2.max_eval_examples, c2.seed = 10, 128, 1
-    with pytest.raises(ValueError, match="another config"):
-        experiment.train_and_evaluate(c2, tmp_path / "b")
+    with pytest.raises(CheckpointError, match="different config"):
+        train_and_evaluate(c2, tmp_path / "b")
 
 
 def test_annealed_recovery_step_and_schedule_against_a_hand_reference(monkeypatch):

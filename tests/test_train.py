@@ -77,7 +77,7 @@ def test_gg_tasks_learn_no_recompile_and_vmap_equals_loop(small_permuted):
         state = trainer.init_task(jax.random.fold_in(jax.random.key(0), t))
         state = trainer.train_task(state, task.train_images, task.train_labels,
                                    jax.random.key(t), 100, 128)
-        sizes.append(trainer._train_chunk._cache_size())  # MLP: scan
+        sizes.append(trainer.loop.compiled_chunks())  # MLP: scan
         m = trainer.masks(state.scores)
         masks.append(m)
         accs.append(float(trainer.evaluate(m, {}, task.test_images, task.test_labels)))
@@ -96,11 +96,39 @@ def test_gg_tasks_learn_no_recompile_and_vmap_equals_loop(small_permuted):
     tasks = [small_permuted.task(t) for t in range(3)]
     images = np.stack([t.test_images for t in tasks])
     labels = np.stack([t.test_labels for t in tasks])
+    trainer.tasks_in_sequence = False  # the vmap path (GPU/TPU's), whatever the backend
     vm = np.asarray(trainer.evaluate_tasks(stacked, {}, images, labels))
     np.testing.assert_allclose(vm, accs, rtol=0, atol=1e-6)
     # A second evaluate_tasks call with the same shapes does not recompile.
     trainer.evaluate_tasks(stacked, {}, images, labels)
     assert trainer._evaluate_tasks._cache_size() == 1
+
+
+@pytest.mark.parametrize("in_sequence", [True, False])
+def test_evaluate_bank_equals_a_loop_over_tasks(in_sequence):
+    from supsup_jax.bank import MaskBank
+
+    trainer = _mlp_trainer()
+    trainer.tasks_in_sequence = in_sequence  # lax.map (CPU) or vmap (GPU/TPU)
+    bank = MaskBank.create(trainer.weights, capacity=4)
+    for t in range(3):
+        bank = bank.add(trainer.masks(masking.init_scores(jax.random.key(t),
+                                                          trainer.network.params)))
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (4, 300, 28, 28, 1), dtype=np.uint8)
+    labels = rng.integers(0, 10, (4, 300)).astype(np.int32)
+    labels[:, 250:] = -1  # padding counts nowhere
+    tasks = [2, 0, 1, 2]  # repeats allowed
+    ref = [float(trainer.evaluate(bank.task_masks(t), {}, images[g, :250], labels[g, :250]))
+           for g, t in enumerate(tasks)]
+    got = trainer.evaluate_bank(bank, tasks, images, labels)
+    np.testing.assert_allclose(np.asarray(got), ref, atol=1e-6)
+    trainer.evaluate_bank(bank, [1, 1, 0, 0], images, labels)
+    assert trainer._evaluate_bank._cache_size() == 1  # other tasks, same shapes: no recompile
+    with pytest.raises(IndexError, match="learned slots"):
+        trainer.evaluate_bank(bank, [0, 3, 1, 2], images, labels)  # slot 3 is not learned
+    with pytest.raises(ValueError, match="3 tasks but images/labels for 4/4"):
+        trainer.evaluate_bank(bank, [0, 1, 2], images, labels)
 
 
 def test_transfer_running_mean_and_init_from_scores():

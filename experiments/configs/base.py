@@ -8,19 +8,27 @@ where ``variants`` is the text after ``:`` in ``--config=FILE:VARIANTS``, a comm
 from __future__ import annotations
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 
 def base_config() -> ml_collections.ConfigDict:
+    """Every field the runner reads, with its default (fields that may be None are typed
+    placeholders, so ``--config.X=V`` sets them too)."""
     c = ml_collections.ConfigDict()
     c.name = "experiment"
     c.seed = 0
+    # Method: "supsup", a baseline of supsup_jax.baselines.METHODS, or "hopsupsup".
+    c.method = "supsup"
+    c.rand_w = False  # the Rand W variant of batche and separate_heads
+    c.weight_lr = placeholder(float)  # lr of shared weights (baselines); None: same as lr
+    c.psp_context = "orthogonal"  # psp: "orthogonal" or "binary"
     # Data.
     c.dataset = "mnist"
-    c.data_dir = None
+    c.data_dir = placeholder(str)
     c.stream = "permuted"
     c.num_tasks = 250
     c.classes_per_task = 2
-    c.split_seed = None
+    c.split_seed = placeholder(int)
     c.relabel = True
     c.degrees_per_task = 10.0
     c.normalization = "mnist"  # the official pipeline's statistics for the MNIST family
@@ -33,8 +41,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.num_outputs = 500
     c.weight_init = "signed_constant"
     c.mask_rule = "threshold"
-    c.density = None
-    c.er_scale = None
+    c.density = placeholder(float)  # top-k masks: the fraction kept per layer
+    c.er_scale = placeholder(float)  # top-k masks: Erdos-Renyi densities at this scale
     # Training, per task.
     c.optimizer = "rmsprop"
     c.lr = 1e-4
@@ -54,6 +62,20 @@ def base_config() -> ml_collections.ConfigDict:
     c.test_batch_size = 128
     c.eval_at = ()  # tasks-learned counts to evaluate at; empty: after every task
     c.nns = ml_collections.ConfigDict({"decide_every": 100, "eps": 2.0**-3, "budget": 2500})
+    # HopSupSup (method "hopsupsup", model "bnnet", SPEC 1.9): storage and recovery.
+    c.hopfield = ml_collections.ConfigDict({
+        "method": "attractor",
+        "compare_methods": ("anneal",),  # also recovered with these methods (same masks)
+        "rule": "hebbian",  # anneal: measured better than the official "storkey" (RESULTS.md)
+        "compare_rules": ("storkey",),  # also recovered with these rules (same trained masks)
+        "num_starts": 256,  # attractor: random +-1 starts of the recall dynamics per layer
+        "energy_ratio": 0.95,  # attractor: keep states with E <= energy_ratio * E_min
+        "gamma": 1.5e-3,
+        "lr": 500.0,
+        "momentum": 0.9,
+        "weight_decay": 1e-4,
+        "repeats": 5,  # recovery passes with differently shuffled test batches, per recovery
+    })
     c.quiet = False
     c.tensorboard = True  # scalars in WORKDIR/tensorboard when tensorboardX is installed
     return c

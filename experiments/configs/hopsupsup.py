@@ -7,60 +7,34 @@ annealed pass (``"anneal"``: gamma 1.5e-3, SGD lr 500, test batch 64). Variants:
 (SplitFashionMNIST, the twin that runs here), ``tiny``.
 Reproduce (90 s on a 2-core CPU for the Fashion twin, 5 recovery repeats per method and rule):
 
-    python -m experiments.hopsupsup --config=experiments/configs/hopsupsup.py:fashion \
+    python -m experiments.run --config=experiments/configs/hopsupsup.py:fashion \
         --workdir=runs/hopsupsup_fashion
 """
 
-import ml_collections
-
-from experiments.configs.base import apply_common_variants, parse_variants
+from experiments.configs.base import apply_common_variants, base_config, parse_variants
 
 
 def get_config(variants: str | None = None):
-    c = ml_collections.ConfigDict()
+    c = base_config()  # its `hopfield` fields hold the recovery's defaults
     c.name = "hopsupsup_split_mnist"
-    c.method = "hopsupsup"  # experiments.run dispatches to supsup_jax.hopsupsup
-    c.seed = 0
-    c.dataset = "mnist"
-    c.data_dir = None
+    c.method = "hopsupsup"
+    c.scenario = "GNu"
     c.stream = "split_mnist"
+    c.relabel = False
     c.num_tasks = 5
-    c.max_train_examples = -1
-    c.max_test_examples = -1
-    c.max_eval_examples = -1
-    c.normalization = "mnist"
-    c.hidden = (2048, 2048)
+    c.model = "bnnet"
+    c.model_kwargs.hidden = (2048, 2048)
     c.num_outputs = 10
-    c.weight_init = "signed_constant"
     c.optimizer = "sgd"
     c.lr = 0.1
     c.momentum = 0.9
     c.weight_decay = 1e-4
     c.steps = 0
     c.epochs = 1
-    c.batch_size = 128
-    c.chunk_size = 100
     c.test_batch_size = 64
-    c.eval_at = ()
-    c.quiet = False
-    c.hopfield = ml_collections.ConfigDict({
-        # "attractor": entropy over the networks' attractors (measured: every task exact);
-        # "anneal": the paper's annealed gradient pass (RESULTS.md, HopSupSup).
-        "method": "attractor",
-        "compare_methods": ("anneal",),  # also recovered with these methods (same masks)
-        "rule": "hebbian",  # anneal: measured better than the official "storkey" (RESULTS.md)
-        "compare_rules": ("storkey",),  # also recovered with these rules (same trained masks)
-        "num_starts": 256,  # attractor: random +-1 starts of the recall dynamics per layer
-        "energy_ratio": 0.95,  # attractor: keep states with E <= energy_ratio * E_min
-        "gamma": 1.5e-3,
-        "lr": 500.0,
-        "momentum": 0.9,
-        "weight_decay": 1e-4,
-        "repeats": 5,  # recovery passes with differently shuffled test batches, per recovery
-    })
     variants = parse_variants(variants)
     c = apply_common_variants(c, variants, set())
     if "tiny" in variants:
-        c.hidden = (256, 256)
+        c.model_kwargs.hidden = (256, 256)
         c.hopfield.repeats = 2
     return c

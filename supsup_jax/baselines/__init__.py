@@ -1,6 +1,6 @@
 """The paper's baselines beside SupSup (SPEC 1.10), selected by ``config.method``.
 
-Every method runs through the same runner (:func:`supsup_jax.experiment.train_and_evaluate`),
+Every method runs through the same runner (:func:`supsup_jax.runner.train_and_evaluate`),
 data streams, metrics, results files and plots as SupSup; see :mod:`.core` for the protocol a
 method implements. ``config.method`` is one of :data:`METHODS` and ``config.rand_w`` picks the
 Rand W variant where it exists:

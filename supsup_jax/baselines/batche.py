@@ -20,6 +20,7 @@ tasks' rank-one matrices with weights ``alpha``, ``W * sum_i alpha_i r_i s_i^T``
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -70,11 +71,13 @@ class BatchE(core.Method):
             s[p] = jax.random.rademacher(ks, (self.num_tasks, c_out), jnp.float32)
         return {"weights": weights, "r": r, "s": s}
 
-    def _fast(self, state, t):
+    def fast(self, state, t) -> dict:
+        """Task ``t``'s fast weights ``{"r": {kernel: [c_in]}, "s": {kernel: [c_out]}}`` (``t``
+        may be traced)."""
         return {"r": core.take(state["r"], t), "s": core.take(state["s"], t)}
 
     def train_vars(self, state, t):
-        fast = self._fast(state, t)
+        fast = self.fast(state, t)
         return {"weights": state["weights"], "fast": fast} if self.trains_shared(t) else {
             "fast": fast}
 
@@ -94,7 +97,7 @@ class BatchE(core.Method):
 
     def eval_vars(self, state, t):
         self.check_task(t)
-        return {"weights": state["weights"], "fast": self._fast(state, t)}
+        return {"weights": state["weights"], "fast": self.fast(state, t)}
 
     def modulated(self, weights, factors) -> Any:
         """The network parameters with each kernel ``W`` replaced by ``W * factors[path]``
@@ -137,21 +140,21 @@ def one_shot(method: BatchE, state, num_learned, x: jax.Array, weights: jax.Arra
     """
     learned = jnp.arange(method.num_tasks) < num_learned
     alpha0 = learned.astype(jnp.float32) / jnp.maximum(jnp.sum(learned), 1).astype(jnp.float32)
-    train = bool(jax.tree.leaves(method.network.batch_stats))
 
     def f(alpha):
         logits, _ = method.network.apply(method.superposed_params(state, alpha),
-                                         method.network.batch_stats, x, train)
+                                         method.network.batch_stats, x,
+                                         method.network.has_bn)
         return objective(logits, weights)
 
     g = jax.grad(f)(alpha0)
     return jnp.argmin(jnp.where(learned, g, jnp.inf)).astype(jnp.int32)
 
 
-def _evaluate_batches(trainer, state, stats, images, labels, true_task, num_learned, how):
+@functools.partial(jax.jit, static_argnames=("trainer", "how"))
+def _evaluate_batches(state, stats, images, labels, true_task, num_learned, *, trainer, how):
     method = trainer.method
     objective = inference.make_objective(how.objective, how.num_real)
-    has_bn = bool(jax.tree.leaves(method.network.batch_stats))
 
     def one(batch):
         x_u8, y = batch
@@ -159,8 +162,8 @@ def _evaluate_batches(trainer, state, stats, images, labels, true_task, num_lear
         x = trainer.preprocess(x_u8, None, False)
         task = one_shot(method, state, num_learned, x, inference.first_m_weights(
             x.shape[0], how.m, valid), objective)
-        task_stats = core.take(stats, task) if has_bn else method.network.batch_stats
-        logits, _ = method.logits({"weights": state["weights"], "fast": method._fast(state, task)},
+        task_stats = core.take(stats, task) if method.network.has_bn else method.network.batch_stats
+        logits, _ = method.logits({"weights": state["weights"], "fast": method.fast(state, task)},
                                   task_stats, x, False)
         right = task == true_task
         correct = (jnp.argmax(logits, -1) == y) & valid & right
@@ -195,12 +198,9 @@ def evaluate_unknown_task(trainer: core.MethodTrainer, state, stats, images: np.
         raise IndexError(f"true task {true_task} is outside the {num_learned} learned tasks")
     if how.m > batch_size:
         raise ValueError(f"m={how.m} images cannot decide a batch of {batch_size}")
-    trainer._check_data(images, labels)
+    trainer.check_data(images, labels)
     n = len(labels)
     x, y = scenarios.shuffled_batches(images, labels, key, batch_size)
-    fn = trainer._compiled.get(("one_shot", how))
-    if fn is None:
-        fn = jax.jit(lambda *a, how=how: _evaluate_batches(trainer, *a, how=how))
-        trainer._compiled[("one_shot", how)] = fn
-    correct, task_correct = fn(state, stats, x, y, jnp.int32(true_task), jnp.int32(num_learned))
+    correct, task_correct = _evaluate_batches(state, stats, x, y, jnp.int32(true_task),
+                                              jnp.int32(num_learned), trainer=trainer, how=how)
     return {"accuracy": float(correct) / n, "task_accuracy": float(task_correct) / n}

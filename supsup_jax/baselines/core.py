@@ -32,10 +32,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from supsup_jax import evaluate as evaluate_lib
 from supsup_jax import masking
-from supsup_jax import train as train_lib
-from supsup_jax.data.iterator import BatchIterator
+from supsup_jax.loop import StepLoop, default_step_loop
 from supsup_jax.models.network import Network
+from supsup_jax.steps import Preprocess, check_data, cross_entropy
 
 __all__ = [
     "FlatParams",
@@ -166,9 +167,9 @@ OptimizerFactory = Callable[[float], optax.GradientTransformation]
 
 
 class MethodTrainer:
-    """Training and GG evaluation of any :class:`Method` (the baselines' twin of
-    :class:`supsup_jax.train.Trainer`: same batches, preprocessing, loss and chunked
-    ``lax.scan`` step loop; one device).
+    """Training and GG evaluation of any :class:`Method`: the batches, preprocessing, loss,
+    step loop (:class:`supsup_jax.loop.StepLoop`) and accuracy (:mod:`supsup_jax.evaluate`) of
+    :class:`supsup_jax.train.Trainer`, on one device.
 
     Args:
       method: the baseline.
@@ -179,7 +180,7 @@ class MethodTrainer:
     """
 
     def __init__(self, method: Method, make_optimizer: OptimizerFactory,
-                 learning_rates: Mapping[str, float], preprocess: train_lib.Preprocess, *,
+                 learning_rates: Mapping[str, float], preprocess: Preprocess, *,
                  chunk_size: int = 100, eval_batch_size: int = 1000, step_loop: str = "auto"):
         self.method = method
         self.network = method.network
@@ -188,15 +189,8 @@ class MethodTrainer:
         self.preprocess = preprocess
         self.chunk_size = chunk_size
         self.eval_batch_size = eval_batch_size
-        conv_on_cpu = (any(np.ndim(w) > 2 for w in jax.tree.leaves(self.network.params))
-                       and jax.default_backend() == "cpu")
-        if step_loop == "auto":
-            step_loop = "python" if conv_on_cpu else "scan"
-        if step_loop not in ("scan", "python"):
-            raise ValueError(f"step_loop must be 'auto', 'scan' or 'python', got {step_loop!r}")
-        self.step_loop = step_loop
-        self._compiled: dict[tuple, tuple] = {}
-        self._gather = jax.jit(lambda images, labels, idx: (images[idx], labels[idx]))
+        self.step_loop = default_step_loop(self.network.params, step_loop)
+        self._loops: dict[tuple, tuple] = {}
         self._evaluate = jax.jit(self._accuracy)
 
     # ----------------------------------------------------------------------------- training
@@ -211,31 +205,15 @@ class MethodTrainer:
             {g: self.make_optimizer(self.lr_values[w]) for g, w in groups.items()},
             lambda tree: {g: jax.tree.map(lambda _, g=g: g, sub) for g, sub in tree.items()})
 
-    def _functions(self, t: int):
-        # Jitted steps per distinct set of groups and rates: at most two compilations per run
+    def _step_loop(self, t: int):
+        # One loop per distinct set of groups and rates: at most two compilations per run
         # (the task that trains shared weights and the tasks that do not).
         sig = tuple(sorted(self.method.learning_rates(t).items()))
-        if sig not in self._compiled:
+        if sig not in self._loops:
             opt = self.optimizer(t)
-            step = self._make_step(opt)
-
-            def chunk(train, fixed, stats, opt_state, images, labels, key, step0):
-                def body(carry, inputs):
-                    x, y, i = inputs
-                    carry, m = step(*carry, fixed, x, y, jax.random.fold_in(key, step0 + i))
-                    return carry, m
-
-                steps = jnp.arange(images.shape[0])
-                carry, m = jax.lax.scan(body, (train, stats, opt_state), (images, labels, steps))
-                return carry, jax.tree.map(jnp.mean, m)
-
-            def indexed(train, fixed, stats, opt_state, images, labels, key, step0, i):
-                return step(train, stats, opt_state, fixed, images[i], labels[i],
-                            jax.random.fold_in(key, step0 + i))
-
-            self._compiled[sig] = (opt, jax.jit(chunk, donate_argnums=(0, 2, 3)),
-                                   jax.jit(indexed, donate_argnums=(0, 2, 3)))
-        return self._compiled[sig]
+            self._loops[sig] = (opt, StepLoop(self._make_step(opt), chunk_size=self.chunk_size,
+                                              step_loop=self.step_loop))
+        return self._loops[sig]
 
     def _make_step(self, opt):
         method, preprocess = self.method, self.preprocess
@@ -243,9 +221,10 @@ class MethodTrainer:
         def loss(train, fixed, stats, x, y):
             logits, new_stats = method.logits({**fixed, **train}, stats, x, True)
             acc = jnp.mean((jnp.argmax(logits, -1) == y).astype(jnp.float32))
-            return train_lib.cross_entropy(logits, y), (new_stats, acc)
+            return cross_entropy(logits, y), (new_stats, acc)
 
-        def step(train, stats, opt_state, fixed, images, labels, key):
+        def step(fixed, carry, images, labels, key):
+            train, stats, opt_state = carry
             x = preprocess(images, key, True)
             (value, (stats, acc)), grads = jax.value_and_grad(loss, has_aux=True)(
                 train, fixed, stats, x, labels)
@@ -272,59 +251,31 @@ class MethodTrainer:
           ``t``'s BN running statistics. The optimiser state is dropped (SPEC 1.4 step 8).
         """
         self.method.check_task(t)
-        self._check_data(images, labels)
-        opt, chunk, indexed = self._functions(t)
+        self.check_data(images, labels)
+        opt, loop = self._step_loop(t)
         train = jax.tree.map(jnp.array, self.method.train_vars(state, t))  # copies: donated
         fixed = self.method.fixed_vars(state, t)
         stats = jax.tree.map(jnp.array, self.network.batch_stats if batch_stats is None
                              else batch_stats)
-        opt_state = opt.init(train)
-        iterator = BatchIterator(len(labels), batch_size, key)
-        images_dev, labels_dev = jnp.asarray(images), jnp.asarray(labels, jnp.int32)
-        step = 0
-        while step < num_steps:
-            count = min(self.chunk_size, num_steps - step)
-            x, y = self._gather(images_dev, labels_dev, jnp.asarray(iterator.index_chunk(
-                step, count)))
-            if self.step_loop == "scan":
-                (train, stats, opt_state), metrics = chunk(train, fixed, stats, opt_state, x, y,
-                                                           key, step)
-            else:
-                ms = []
-                for i in range(count):
-                    (train, stats, opt_state), m = indexed(train, fixed, stats, opt_state, x, y,
-                                                           key, step, i)
-                    ms.append(m)
-                metrics = jax.tree.map(lambda *v: jnp.mean(jnp.stack(v)), *ms)
-            step += count
-            if on_chunk is not None:
-                on_chunk(step, metrics)
+        train, stats, _ = loop.run(fixed, (train, stats, opt.init(train)), images, labels, key,
+                                   num_steps, batch_size, on_chunk=on_chunk)
         return self.method.finish(state, train, t), stats
 
     # --------------------------------------------------------------------------- evaluation
     def _accuracy(self, vars, batch_stats, images, labels):
-        bs = self.eval_batch_size
-        pad = -images.shape[0] % bs
-        images = jnp.pad(images, [(0, pad)] + [(0, 0)] * (images.ndim - 1))
-        labels = jnp.pad(labels, (0, pad), constant_values=-1)
-        images = images.reshape(-1, bs, *images.shape[1:])
-        labels = labels.reshape(-1, bs)
+        def logits(x):
+            return self.method.logits(vars, batch_stats, self.preprocess(x, None, False),
+                                      False)[0]
 
-        def one(batch):
-            x, y = batch
-            logits, _ = self.method.logits(vars, batch_stats, self.preprocess(x, None, False),
-                                           False)
-            return jnp.sum((jnp.argmax(logits, -1) == y) & (y >= 0))
-
-        correct = jax.lax.map(one, (images, labels)).sum()
-        return correct / jnp.maximum(jnp.sum(labels >= 0), 1)
+        return evaluate_lib.accuracy(logits, images, labels, self.eval_batch_size)
 
     def evaluate(self, state: Vars, t: int, batch_stats: Params, images, labels) -> jax.Array:
         """GG accuracy of task ``t``: arg-max over all outputs of task ``t``'s model, float32."""
         self.method.check_task(t)
-        self._check_data(images, labels)
+        self.check_data(images, labels)
         return self._evaluate(self.method.eval_vars(state, t), batch_stats, jnp.asarray(images),
                               jnp.asarray(labels, jnp.int32))
 
-    def _check_data(self, images, labels) -> None:
-        train_lib.check_data(self.network, images, labels)
+    def check_data(self, images, labels) -> None:
+        """Raise unless ``images``/``labels`` fit the network (:func:`steps.check_data`)."""
+        check_data(self.network, images, labels)

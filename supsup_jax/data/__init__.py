@@ -1,17 +1,16 @@
 """Datasets, task streams, transforms and batch iteration for supsup_jax."""
 
+from supsup_jax.data.dataset import DATASET_NAMES as DATASET_NAMES
+from supsup_jax.data.dataset import DATASET_STATS as DATASET_STATS
+from supsup_jax.data.dataset import NUM_CLASSES as NUM_CLASSES
+from supsup_jax.data.dataset import DataNotFoundError as DataNotFoundError
+from supsup_jax.data.dataset import Dataset as Dataset
 from supsup_jax.data.idx import IdxFormatError as IdxFormatError
 from supsup_jax.data.idx import load_idx_dataset as load_idx_dataset
 from supsup_jax.data.idx import read_idx as read_idx
 from supsup_jax.data.iterator import BatchIterator as BatchIterator
 from supsup_jax.data.sources import DATA_DIR_ENV as DATA_DIR_ENV
-from supsup_jax.data.sources import DATASET_NAMES as DATASET_NAMES
-from supsup_jax.data.sources import DATASET_STATS as DATASET_STATS
-from supsup_jax.data.sources import NUM_CLASSES as NUM_CLASSES
 from supsup_jax.data.sources import SYSTEM_LOCATIONS as SYSTEM_LOCATIONS
-from supsup_jax.data.sources import DataNotFoundError as DataNotFoundError
-from supsup_jax.data.sources import Dataset as Dataset
-from supsup_jax.data.sources import TfdsImages as TfdsImages
 from supsup_jax.data.sources import load_cifar_dataset as load_cifar_dataset
 from supsup_jax.data.sources import load_dataset as load_dataset
 from supsup_jax.data.streams import LazySubset as LazySubset
@@ -23,6 +22,7 @@ from supsup_jax.data.streams import permutation as permutation
 from supsup_jax.data.streams import split_cifar100 as split_cifar100
 from supsup_jax.data.streams import split_imagenet as split_imagenet
 from supsup_jax.data.streams import split_mnist as split_mnist
+from supsup_jax.data.tfds_source import TfdsImages as TfdsImages
 from supsup_jax.data.transforms import normalize as normalize
 from supsup_jax.data.transforms import random_crop_flip as random_crop_flip
 from supsup_jax.data.transforms import random_resized_crop_flip as random_resized_crop_flip

@@ -14,7 +14,7 @@ import zlib
 
 import numpy as np
 
-from supsup_jax.data.sources import DataNotFoundError, Dataset
+from supsup_jax.data.dataset import DataNotFoundError, Dataset
 
 # idx type code -> big-endian numpy dtype of one element.
 _IDX_DTYPES: dict[int, np.dtype] = {

@@ -22,29 +22,11 @@ import pathlib
 import pickle
 import socket
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
 
 import numpy as np
 
-DATASET_NAMES = ("mnist", "fashion_mnist", "cifar10", "cifar100", "imagenet2012")
-
-NUM_CLASSES = {
-    "mnist": 10,
-    "fashion_mnist": 10,
-    "cifar10": 10,
-    "cifar100": 100,
-    "imagenet2012": 1000,
-}
-
-# Per-channel (mean, std) of pixel values scaled to [0, 1]. The CIFAR pair is the one the official
-# SupSup code uses for SplitCIFAR100 (SPEC 2.2) and is reused for CIFAR-10.
-DATASET_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "mnist": ((0.1307,), (0.3081,)),
-    "fashion_mnist": ((0.2860,), (0.3530,)),
-    "cifar10": ((0.491, 0.482, 0.447), (0.247, 0.243, 0.262)),
-    "cifar100": ((0.491, 0.482, 0.447), (0.247, 0.243, 0.262)),
-    "imagenet2012": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-}
+from supsup_jax.data import idx, tfds_source
+from supsup_jax.data.dataset import DATASET_NAMES, NUM_CLASSES, DataNotFoundError, Dataset
 
 # Directories that system packages install datasets into (step 2). Module-level so that tests can
 # monkeypatch it away.
@@ -75,31 +57,6 @@ _CIFAR_LAYOUT = {
 }
 
 _DOWNLOAD_SOCKET_TIMEOUT_S = 30.0
-_READ_CHUNK = 4096
-
-
-class Dataset(NamedTuple):
-    """A classification dataset held in host memory.
-
-    Attributes:
-      name: dataset name, a key of ``DATASET_STATS`` for the known datasets.
-      train_images: uint8 ``(N, H, W, C)`` (NHWC), or a lazy ``TfdsImages`` for ImageNet.
-      train_labels: int32 ``(N,)``.
-      test_images: uint8 ``(M, H, W, C)``, or a lazy ``TfdsImages``.
-      test_labels: int32 ``(M,)``.
-      num_classes: number of classes; labels lie in ``[0, num_classes)``.
-    """
-
-    name: str
-    train_images: Any
-    train_labels: np.ndarray
-    test_images: Any
-    test_labels: np.ndarray
-    num_classes: int
-
-
-class DataNotFoundError(FileNotFoundError):
-    """A dataset (or one of its files) could not be found; the message says where we looked."""
 
 
 def _how_to_get(name: str) -> list[str]:
@@ -193,8 +150,6 @@ def load_cifar_dataset(directory: str | os.PathLike, name: str) -> Dataset:
 def _try_directory(
     name: str, directory: pathlib.Path, origin: str, tried: list[str]
 ) -> Dataset | None:
-    # Imported here: idx.py imports Dataset and DataNotFoundError from this module.
-    from supsup_jax.data import idx
 
     if name in ("mnist", "fashion_mnist"):
         candidates = [directory, directory / name, directory / name.replace("_", "-")]
@@ -235,149 +190,6 @@ def _tensorflow_available() -> bool:
     return importlib.util.find_spec("tensorflow") is not None
 
 
-def _get_many(source: Any) -> Callable[[list[int]], list[Any]]:
-    """Returns a batched getter ``keys -> examples`` for a tfds data source."""
-    getitems = getattr(source, "__getitems__", None)
-    if getitems is not None and len(source) > 0:
-        try:
-            getitems([0])
-            return getitems
-        except TypeError:
-            # tfds.testing.mock_data (4.9.10) installs an unbound `__getitems__` that raises
-            # TypeError; real ArrayRecord sources support it and read records in one call.
-            pass
-    return lambda keys: [source[k] for k in keys]
-
-
-def _read_columns(source: Any, keys: Sequence[str]) -> dict[str, np.ndarray]:
-    """Reads every example of a tfds data source into one stacked array per feature key."""
-    n = len(source)
-    if n == 0:
-        raise ValueError(f"{source!r} is empty")
-    get_many = _get_many(source)
-    out: dict[str, np.ndarray] = {}
-    # Chunked batched reads bound the memory of the intermediate list of example dicts.
-    for start in range(0, n, _READ_CHUNK):
-        stop = min(n, start + _READ_CHUNK)
-        examples = get_many(list(range(start, stop)))
-        for key in keys:
-            column = np.stack([np.asarray(ex[key]) for ex in examples])
-            if key not in out:
-                out[key] = np.empty((n,) + column.shape[1:], column.dtype)
-            out[key][start:stop] = column
-    return out
-
-
-def _resize_center_crop(image: np.ndarray, size: int, resize_to: int) -> np.ndarray:
-    """torchvision ``Resize(resize_to)`` + ``CenterCrop(size)`` on one uint8 ``(H, W, 3)`` image."""
-    try:
-        from PIL import Image
-    except ImportError as e:  # pragma: no cover - PIL comes with matplotlib
-        raise ImportError("resizing ImageNet images needs Pillow: pip install pillow") from e
-    if image.ndim == 2 or image.shape[-1] == 1:
-        image = np.broadcast_to(image.reshape(image.shape[:2] + (1,)), image.shape[:2] + (3,))
-    h, w = image.shape[:2]
-    # Same rounding as torchvision: the short side becomes resize_to, the long side is truncated.
-    if w <= h:
-        new_w, new_h = resize_to, int(resize_to * h / w)
-    else:
-        new_w, new_h = int(resize_to * w / h), resize_to
-    resized = np.asarray(
-        Image.fromarray(np.ascontiguousarray(image)).resize((new_w, new_h), Image.BILINEAR)
-    )
-    top = int(round((new_h - size) / 2.0))
-    left = int(round((new_w - size) / 2.0))
-    return resized[top : top + size, left : left + size]
-
-
-class TfdsImages:
-    """Lazy images of a tfds data source: decoded, resized and center-cropped on access.
-
-    ``images[indices]`` returns uint8 ``(n, size, size, 3)``: each image's shorter side is resized
-    to ``resize_to`` (bilinear, PIL) and the centre ``size x size`` is cropped, as torchvision's
-    ``Resize(256)`` + ``CenterCrop(224)`` (the official SplitImageNet evaluation transform). For
-    training, build a larger view with ``with_size`` and apply ``random_resized_crop_flip`` on
-    device.
-
-    Decoding is per image in Python; run the fetch in a background thread to overlap it with the
-    device step.
-    """
-
-    def __init__(self, source: Any, size: int = 224, resize_to: int = 256):
-        """Wraps ``source``.
-
-        Args:
-          source: a tfds data source (``__len__``, ``__getitem__``) whose examples have an
-            ``image`` uint8 ``(H, W, 3)``.
-          size: side of the square center crop.
-          resize_to: the shorter side is resized to this before cropping; must be >= size.
-        """
-        if resize_to < size:
-            raise ValueError(f"resize_to={resize_to} must be >= size={size}")
-        self.source = source
-        self.size = size
-        self.resize_to = resize_to
-        self._getter: Callable[[list[int]], list[Any]] | None = None
-
-    def with_size(self, size: int, resize_to: int | None = None) -> TfdsImages:
-        """The same images with another crop size (and shorter-side resize, default ``size``)."""
-        return TfdsImages(self.source, size, size if resize_to is None else resize_to)
-
-    @property
-    def shape(self) -> tuple[int, int, int, int]:
-        return (len(self), self.size, self.size, 3)
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __getitem__(self, index: Any) -> np.ndarray:
-        """Decodes images.
-
-        Args:
-          index: an int (returns ``(size, size, 3)``), a slice, or an integer array of indices
-            (returns ``(n, size, size, 3)``).
-
-        Returns:
-          uint8 image(s).
-        """
-        if isinstance(index, (int, np.integer)):
-            return self[np.asarray([index])][0]
-        if isinstance(index, slice):
-            index = np.arange(len(self))[index]
-        keys = np.asarray(index).reshape(-1)
-        n = len(self)
-        if keys.size and (keys.min() < -n or keys.max() >= n):
-            raise IndexError(f"index out of range for {n} images")
-        if self._getter is None:
-            self._getter = _get_many(self.source)
-        examples = self._getter([int(k) % n for k in keys]) if keys.size else []
-        out = np.empty((len(keys), self.size, self.size, 3), np.uint8)
-        for i, ex in enumerate(examples):
-            out[i] = _resize_center_crop(np.asarray(ex["image"]), self.size, self.resize_to)
-        return out
-
-    def __repr__(self) -> str:
-        return f"TfdsImages({self.source!r}, size={self.size}, resize_to={self.resize_to})"
-
-
-def _tfds_labels(tfds: Any, name: str, split: str, data_dir: str, decoded: Any) -> np.ndarray:
-    """Reads the labels of a split without decoding the images when tfds allows it."""
-    try:
-        raw = tfds.data_source(
-            name,
-            split=split,
-            data_dir=data_dir,
-            download=False,
-            decoders={"image": tfds.decode.SkipDecoding()},
-        )
-        return _read_columns(raw, ["label"])["label"]
-    except Exception:
-        # Skipping the image decode only saves time (1.28M JPEGs for ImageNet train); if it fails
-        # (tfds.testing.mock_data can only fake undecoded images with TensorFlow installed), read
-        # the labels through the decoding source instead.
-        return _read_columns(decoded, ["label"])["label"]
-
-
 def _try_tfds(name: str, data_dir: str, tried: list[str]) -> Dataset | None:
     try:
         import tensorflow_datasets as tfds
@@ -392,10 +204,12 @@ def _try_tfds(name: str, data_dir: str, tried: list[str]) -> Dataset | None:
             for split in (train_split, test_split)
         }
         if name == "imagenet2012":
-            images = {s: TfdsImages(src) for s, src in sources.items()}
-            labels = {s: _tfds_labels(tfds, name, s, data_dir, src) for s, src in sources.items()}
+            images = {s: tfds_source.TfdsImages(src) for s, src in sources.items()}
+            labels = {s: tfds_source.read_labels(tfds, name, s, data_dir, src)
+                      for s, src in sources.items()}
         else:
-            columns = {s: _read_columns(src, ["image", "label"]) for s, src in sources.items()}
+            columns = {s: tfds_source.read_columns(src, ["image", "label"])
+                       for s, src in sources.items()}
             images = {s: c["image"].astype(np.uint8, copy=False) for s, c in columns.items()}
             labels = {s: c["label"] for s, c in columns.items()}
     # tfds signals "not prepared" with many exception types (NotImplementedError,

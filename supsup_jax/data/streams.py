@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from supsup_jax.data.sources import DATASET_STATS, Dataset
+from supsup_jax.data.dataset import DATASET_STATS, Dataset
 from supsup_jax.data.transforms import rotate
 
 _AUGMENT = {

@@ -41,6 +41,11 @@ class Network:
     input_shape: tuple[int, ...]
     num_outputs: int
 
+    @property
+    def has_bn(self) -> bool:
+        """Whether the model keeps BatchNorm running statistics (per task in SupSup)."""
+        return bool(jax.tree.leaves(self.batch_stats))
+
 
 def from_nnx(module: nnx.Module, input_shape: tuple[int, ...]) -> Network:
     """Wrap an NNX module whose ``__call__(x, train)`` returns logits.

@@ -1,0 +1,107 @@
+"""The one host loop of every trainer (SupSup's, the baselines', HopSupSup's): optimiser steps in
+chunks, each chunk one jitted ``lax.scan`` or one jitted call per step.
+
+A trainer gives a pure ``step(args, carry, images, labels, key) -> (carry, metrics)``: ``args``
+is read but never changed (the frozen weights, a baseline's fixed variables), ``carry`` is what
+training changes (scores, BN statistics, optimiser state; donated, so each chunk updates it in
+place). Step ``s`` uses ``fold_in(key, s)``. The host only slices batch indices between chunks,
+drawn by a :class:`~supsup_jax.data.BatchIterator` (no host syncs inside a chunk).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from supsup_jax.data.iterator import BatchIterator
+
+__all__ = ["STEP_LOOPS", "StepLoop", "default_step_loop"]
+
+STEP_LOOPS = ("auto", "scan", "python")
+Step = Callable[[Any, Any, jax.Array, jax.Array, jax.Array], tuple[Any, dict]]
+
+
+def default_step_loop(params: Any, step_loop: str = "auto") -> str:
+    """``"python"`` for convolutional networks on CPU, ``"scan"`` otherwise (``"auto"``).
+
+    XLA:CPU runs convolution gradients inside a while loop several times slower than at top
+    level, while scanning an MLP saves the per-step dispatch (benchmarks/README.md)."""
+    if step_loop not in STEP_LOOPS:
+        raise ValueError(f"step_loop must be one of {STEP_LOOPS}, got {step_loop!r}")
+    if step_loop != "auto":
+        return step_loop
+    conv = any(np.ndim(w) > 2 for w in jax.tree.leaves(params))
+    return "python" if conv and jax.default_backend() == "cpu" else "scan"
+
+
+class StepLoop:
+    """Runs ``step`` over batches, ``chunk_size`` steps per jitted call (or per host loop)."""
+
+    def __init__(self, step: Step, *, chunk_size: int = 100, step_loop: str = "scan"):
+        if step_loop not in ("scan", "python"):
+            raise ValueError(f"step_loop must be 'scan' or 'python', got {step_loop!r}")
+        self.step = step
+        self.chunk_size = chunk_size
+        self.step_loop = step_loop
+        self._chunk = jax.jit(self._chunk_impl, donate_argnums=(1,))
+        self._indexed = jax.jit(self._indexed_impl, donate_argnums=(1,))
+        self._gather = jax.jit(lambda images, labels, idx: (images[idx], labels[idx]))
+
+    def _chunk_impl(self, args, carry, images, labels, key, step0):
+        def body(carry, inputs):
+            x, y, i = inputs
+            return self.step(args, carry, x, y, jax.random.fold_in(key, step0 + i))
+
+        steps = jnp.arange(images.shape[0])
+        carry, metrics = jax.lax.scan(body, carry, (images, labels, steps))
+        return carry, jax.tree.map(jnp.mean, metrics)
+
+    def _indexed_impl(self, args, carry, images, labels, key, step0, i):
+        return self.step(args, carry, images[i], labels[i], jax.random.fold_in(key, step0 + i))
+
+    def run_chunk(self, args, carry, images, labels, key, step0: int):
+        """Steps ``step0 .. step0 + c - 1`` on batches ``images [c, B, ...]``, ``labels [c, B]``;
+        returns ``(carry, metrics)`` with the chunk's mean metrics (device scalars)."""
+        if self.step_loop == "scan":
+            return self._chunk(args, carry, images, labels, key, step0)
+        metrics = []
+        for i in range(images.shape[0]):
+            carry, m = self._indexed(args, carry, images, labels, key, step0, i)
+            metrics.append(m)
+        return carry, jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs)), *metrics)
+
+    def compiled_chunks(self) -> int:
+        """How many programs the chunk step has compiled (one per distinct chunk shape)."""
+        return (self._chunk if self.step_loop == "scan" else self._indexed)._cache_size()
+
+    def run(self, args, carry, images, labels, key: jax.Array, num_steps: int,
+            batch_size: int, *, start_step: int = 0,
+            on_chunk: Callable[[int, dict], None] | None = None):
+        """``num_steps`` steps from ``start_step`` on batches of ``batch_size`` drawn from
+        ``images`` (uint8 ``(N, ...)``, in memory or a lazy source with
+        ``__getitem__(indices)``) and ``labels`` (int ``(N,)``), reshuffled per epoch from
+        ``key``. ``on_chunk(steps_done, metrics)`` is called after each chunk. Returns the
+        carry."""
+        iterator = BatchIterator(len(labels), batch_size, key)
+        in_memory = isinstance(images, np.ndarray | jax.Array)
+        if in_memory:
+            images_dev, labels_dev = jnp.asarray(images), jnp.asarray(labels, jnp.int32)
+        step, end = start_step, start_step + num_steps
+        while step < end:
+            count = min(self.chunk_size, end - step)
+            idx = iterator.index_chunk(step, count)
+            if in_memory:
+                x, y = self._gather(images_dev, labels_dev, jnp.asarray(idx))
+            else:
+                flat = idx.reshape(-1)
+                x = np.asarray(images[flat]).reshape(count, batch_size, *images.shape[1:])
+                y = np.asarray(labels)[flat].reshape(count, batch_size).astype(np.int32)
+            carry, metrics = self.run_chunk(args, carry, x, y, key, step)
+            step += count
+            if on_chunk is not None:
+                on_chunk(step, metrics)
+        return carry

@@ -1,0 +1,186 @@
+"""From a config to what a run computes with: the task stream, the network and the trainer.
+
+Every field read here is declared, with its default, in ``experiments/configs/base.py``.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from supsup_jax import baselines, masking, models
+from supsup_jax import train as train_lib
+from supsup_jax.data import (
+    DATASET_STATS,
+    LazySubset,
+    PermutedStream,
+    RotatedStream,
+    SplitStream,
+    load_dataset,
+    split_cifar100,
+    split_imagenet,
+    split_mnist,
+)
+from supsup_jax.runner.keys import Stream, key
+
+__all__ = [
+    "SCENARIOS",
+    "build_network",
+    "build_trainer",
+    "check_method",
+    "eval_points",
+    "input_statistics",
+    "make_stream",
+    "steps_per_task",
+    "test_data",
+]
+
+SCENARIOS = ("GG", "GNu", "GNs", "NNs")
+# Models whose output width is called num_outputs (the others: num_classes).
+_NUM_OUTPUTS_MODELS = ("fc1024", "lenet300_100", "bnnet")
+
+
+def make_stream(config):
+    """The task stream: MNIST-family streams take whole images, the rest tfds-backed sources."""
+    ds = load_dataset(config.dataset, config.data_dir)
+    ntr, nte = config.max_train_examples, config.max_test_examples
+    if ntr > 0 or nte > 0:
+        cut = lambda a, n: a if n <= 0 else a[:n]  # noqa: E731
+        ds = ds._replace(train_images=cut(ds.train_images, ntr),
+                         train_labels=cut(ds.train_labels, ntr),
+                         test_images=cut(ds.test_images, nte),
+                         test_labels=cut(ds.test_labels, nte))
+    if jax.process_count() > 1:
+        # Each process keeps only its shard of the training examples (rows p::P); every process
+        # evaluates on the whole test set.
+        p, n = jax.process_index(), jax.process_count()
+        rows = np.arange(p, len(ds.train_labels), n)
+        images = (ds.train_images[rows] if isinstance(ds.train_images, np.ndarray)
+                  else LazySubset(ds.train_images, rows))  # ImageNet: decode only this shard
+        ds = ds._replace(train_images=images, train_labels=ds.train_labels[rows])
+    kind = config.stream
+    if kind == "permuted":
+        stream = PermutedStream(ds, config.num_tasks, seed=config.seed)
+    elif kind == "rotated":
+        stream = RotatedStream(ds, config.num_tasks, degrees_per_task=config.degrees_per_task)
+    elif kind == "split":
+        stream = SplitStream(ds, config.num_tasks, config.classes_per_task,
+                             seed=config.split_seed, relabel=config.relabel)
+    elif kind == "split_mnist":
+        stream = split_mnist(ds, relabel=config.relabel)
+    elif kind == "split_cifar100":
+        stream = split_cifar100(ds, seed=config.seed)
+    elif kind == "split_imagenet":
+        stream = split_imagenet(ds, seed=1)
+    else:
+        raise ValueError(f"unknown stream {kind!r}; choose permuted, rotated, split, "
+                         "split_mnist, split_cifar100 or split_imagenet")
+    if stream.num_tasks != config.num_tasks:
+        raise ValueError(f"the {config.stream} stream has {stream.num_tasks} tasks, the config "
+                         f"asks for {config.num_tasks}")
+    return stream
+
+
+def check_method(config) -> None:
+    """Raise unless ``config.method`` runs in ``config.scenario`` with these options."""
+    if config.scenario not in SCENARIOS:
+        raise ValueError(f"unknown scenario {config.scenario!r}; choose one of {SCENARIOS}")
+    method = config.method
+    if method == "hopsupsup":
+        if config.model != "bnnet" or config.stream != "split_mnist":
+            raise ValueError("hopsupsup runs BNNet (model 'bnnet') on the split_mnist stream")
+        return
+    if method not in baselines.METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of "
+                         f"{(*baselines.METHODS, 'hopsupsup')}")
+    if method == "supsup":
+        if config.rand_w:
+            raise ValueError("rand_w is a baseline variant; SupSup's weights are always random")
+        return
+    if config.transfer:
+        raise ValueError(f"transfer (SupSup Transfer) does not apply to method {method!r}")
+    if config.scenario == "GNu" and method == "batche":
+        if config.inference.method != "one_shot" or config.inference.per_example:
+            raise ValueError("BatchE infers tasks with One-Shot per batch only (paper Fig. 5 "
+                             f"right), not {config.inference.method!r}")
+    elif config.scenario != "GG":
+        raise ValueError(f"method {method!r} runs in scenario GG (task given)"
+                         + (" or GNu with One-Shot" if method == "batche" else "")
+                         + f", not {config.scenario}")
+
+
+def build_network(config, stream) -> models.Network:
+    """``config.model`` with the stream's input shape, frozen weights from ``config.seed``."""
+    kwargs = dict(config.model_kwargs)
+    kwargs.setdefault("seed", config.seed)
+    kwargs["input_shape"] = tuple(stream.task(0).train_images.shape[1:])
+    kwargs["weight_init"] = config.weight_init
+    out_key = "num_outputs" if config.model in _NUM_OUTPUTS_MODELS else "num_classes"
+    kwargs[out_key] = config.num_outputs
+    return models.get_model(config.model, **kwargs)
+
+
+def input_statistics(normalization: str, stream, channels: int = 1):
+    """``(mean, std)`` per channel for ``normalization``: ``"dataset"`` (the stream's own) or
+    ``"mnist"``, MNIST's statistics whatever the data, as the official pipeline uses for its
+    MNIST-family runs (RESULTS.md measures what this choice does to task inference)."""
+    if normalization == "mnist":
+        mean, std = DATASET_STATS["mnist"]
+        return mean * channels, std * channels
+    if normalization == "dataset":
+        return stream.mean, stream.std
+    raise ValueError(f"unknown normalization {normalization!r}; choose 'mnist' or 'dataset'")
+
+
+def steps_per_task(config, stream) -> int:
+    """``config.steps``, or ``config.epochs`` epochs of the first task's training set."""
+    if config.steps > 0:
+        return config.steps
+    n = len(stream.task(0).train_labels)
+    return config.epochs * max(n // config.batch_size, 1)
+
+
+def build_trainer(config, stream, network, **trainer_kwargs):
+    """SupSup's :class:`~supsup_jax.train.Trainer` or, for a baseline, its
+    :class:`~supsup_jax.baselines.MethodTrainer` (``trainer_kwargs`` go to either)."""
+    input_shape = network.input_shape
+    mean, std = input_statistics(config.normalization, stream, input_shape[-1])
+    steps = steps_per_task(config, stream)
+    steps_per_epoch = max(len(stream.task(0).train_labels) // config.batch_size, 1)
+
+    def make_optimizer(lr):
+        return train_lib.make_optimizer(
+            config.optimizer, lr, weight_decay=config.weight_decay,
+            momentum=config.momentum, schedule=config.schedule, steps_per_epoch=steps_per_epoch,
+            epochs=-(-steps // steps_per_epoch), warmup_epochs=config.warmup_epochs)
+
+    preprocess = train_lib.make_preprocess(mean, std, stream.augment)
+    if config.method not in ("supsup", "hopsupsup"):
+        method = baselines.make_method(
+            config.method, network, config.num_tasks, rand_w=config.rand_w,
+            psp_context=config.psp_context, key=key(config, Stream.METHOD_SETUP))
+        weight_lr = config.lr if config.weight_lr is None else config.weight_lr
+        return baselines.MethodTrainer(method, make_optimizer,
+                                       {"lr": config.lr, "weight_lr": weight_lr}, preprocess,
+                                       chunk_size=config.chunk_size, **trainer_kwargs)
+    if config.mask_rule == "topk" and config.er_scale:
+        weights = masking.masked_leaves(network.params)
+        mask_fn = masking.make_mask_fn("topk", masking.er_densities(weights, config.er_scale))
+    else:
+        mask_fn = masking.make_mask_fn(config.mask_rule, config.density)
+    return train_lib.Trainer(network, mask_fn, make_optimizer(config.lr), preprocess,
+                             chunk_size=config.chunk_size, **trainer_kwargs)
+
+
+def test_data(config, stream, i):
+    """Task ``i``'s test images and labels, cut to ``config.max_eval_examples`` if set."""
+    task = stream.task(i)
+    cut = config.max_eval_examples
+    x, y = task.test_images, task.test_labels
+    return (x[:cut], y[:cut]) if cut > 0 else (x, y)
+
+
+def eval_points(config) -> set[int]:
+    """Task counts after which every learned task is evaluated (all when ``eval_at`` is empty)."""
+    pts = list(config.eval_at)
+    return set(pts) | {config.num_tasks} if pts else set(range(1, config.num_tasks + 1))

@@ -1,0 +1,156 @@
+"""What a run records: its config fingerprint, package versions, the accuracy matrices and the
+results dict that ``results.write_results`` stores as ``results.json``."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+from typing import Any
+
+import jax
+import numpy as np
+
+from supsup_jax import metrics
+from supsup_jax.checkpoint import CheckpointError
+
+__all__ = [
+    "accuracy_row",
+    "check_resumable",
+    "comparable",
+    "config_dict",
+    "matrix",
+    "results_dict",
+    "summary",
+    "versions",
+]
+
+# Keys that do not change what a run computes, so a resumed run may differ in them.
+RUNTIME_KEYS = ("quiet", "data_dir", "tensorboard")
+# Fields added to the schema after runs were written without them, with the value those runs
+# used implicitly: a stored config that lacks one still matches that value.
+ADDED_FIELDS = {"method": "supsup", "rand_w": False, "weight_lr": None,
+                "psp_context": "orthogonal"}
+
+
+def config_dict(config) -> dict[str, Any]:
+    return config.to_dict() if hasattr(config, "to_dict") else dict(config)
+
+
+def comparable(config) -> str:
+    """The config as canonical JSON, without :data:`RUNTIME_KEYS`."""
+    d = config_dict(config)
+    return json.dumps({k: v for k, v in d.items() if k not in RUNTIME_KEYS}, sort_keys=True,
+                      default=str)
+
+
+def check_resumable(stored: str | None, config, where: str) -> None:
+    """Raise :class:`CheckpointError` unless the stored fingerprint is ``config``'s."""
+    if stored == comparable(config):
+        return
+    old, now = json.loads(stored or "{}"), json.loads(comparable(config))
+    diff = {}
+    for k in sorted(set(old) | set(now)):
+        if k not in old and (ADDED_FIELDS.get(k, object()) == now[k]
+                             or (k == "hopfield" and now.get("method") != "hopsupsup")):
+            continue
+        if old.get(k) != now.get(k):
+            diff[k] = (old.get(k), now.get(k))
+    if diff:
+        raise CheckpointError(
+            f"{where} holds a run of a different config (field: stored vs now: "
+            + "; ".join(f"{k}: {a!r} vs {b!r}" for k, (a, b) in diff.items())
+            + "); use another workdir or delete that one")
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("supsup-jax", "jax", "jaxlib", "flax", "optax", "numpy"):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            out[pkg] = "unknown"
+    return out
+
+
+def accuracy_row(t, test_set, only, given, inferred=None) -> dict:
+    """Row ``t`` of the accuracy matrices for tasks ``0..t``.
+
+    Args:
+      test_set: ``i -> (images, labels)``.
+      only: None for every learned task, or ``i`` for entry ``i`` alone (the others None).
+      given: ``(tasks, test_set) -> [accuracy per task]`` with each task's own state (GG).
+      inferred: ``(i, x, y) -> (accuracy, task_accuracy)`` with the task inferred, if any.
+    """
+    tasks = list(range(t + 1)) if only is None else [only]
+    got = dict(zip(tasks, given(tasks, test_set), strict=True))
+    gg = [got.get(i) for i in range(t + 1)]
+    row = {"gg": gg}
+    if inferred is not None:
+        inf, task_acc = [None] * (t + 1), [None] * (t + 1)
+        for i in tasks:
+            inf[i], task_acc[i] = inferred(i, *test_set(i))
+        row.update(inferred=inf, task_inference=task_acc)
+    return row
+
+
+def matrix(rows, num, key):
+    """``rows[str(t)][key]`` as a ``num x num`` list of lists (None where not evaluated)."""
+    if not any(key in r for r in rows.values()):
+        return None
+    m = [[None] * num for _ in range(num)]
+    for t, r in rows.items():
+        for i, v in enumerate(r.get(key) or []):
+            m[int(t)][i] = v
+    return m
+
+
+def summary(matrix):
+    """ACC, BWT and forgetting at the last fully evaluated row (see ``metrics``)."""
+    if matrix is None:
+        return None, None, None
+    r = np.array([[np.nan if v is None else v for v in row] for row in matrix], np.float64)
+    full = [t for t in range(len(r)) if not np.isnan(r[t, : t + 1]).any()]
+    if not full:
+        return None, None, None
+    sub = r[: full[-1] + 1, : full[-1] + 1]
+    acc = float(np.mean(sub[-1]))
+    if np.isnan(np.diag(sub)).any():  # e.g. NNs evaluated only at checkpoints
+        return acc, None, None
+    return acc, metrics.backward_transfer(sub), metrics.forgetting(sub)
+
+
+def results_dict(config, rows, wall, bytes_per_task, masks_allocated, **extra) -> dict:
+    """The results of a run from its rows ``{str(t): {"gg": [...], "inferred": [...], ...}}``."""
+    num = config.num_tasks
+    gg = matrix(rows, num, "gg")
+    inferred = matrix(rows, num, "inferred")
+    task_inf = matrix(rows, num, "task_inference")
+    main = inferred if inferred is not None else gg
+    acc, bwt, fgt = summary(main) if main is not None else (None, None, None)
+    gg_acc = summary(gg)[0] if gg is not None else None
+    tia = None
+    if task_inf is not None:
+        full = [t for t, r in rows.items()
+                if "task_inference" in r and None not in r["task_inference"]]
+        tia = float(np.mean(rows[max(full, key=int)]["task_inference"])) if full else None
+    return {
+        "config": config_dict(config),
+        "seed": config.seed,
+        "versions": versions(),
+        "device": f"{jax.devices()[0].platform}: {jax.devices()[0].device_kind}",
+        "scenario": config.scenario,
+        "num_tasks": num,
+        "accuracy_matrix": gg,
+        "inferred_accuracy_matrix": inferred,
+        "task_inference_matrix": task_inf,
+        "task_inference_accuracy": tia,
+        "average_accuracy": acc,
+        "gg_average_accuracy": gg_acc,
+        "backward_transfer": bwt,
+        "forgetting": fgt,
+        "method": config.method,
+        "bytes_per_task": bytes_per_task,
+        "wall_time_per_task": list(wall),
+        "masks_allocated": masks_allocated,
+        **extra,
+    }

@@ -1,0 +1,183 @@
+"""The task loop (SPEC 1.4) of SupSup, every baseline and scenario NNs.
+
+For each task: train it, evaluate row ``t`` of the accuracy matrices (every learned task at the
+evaluation points, else only the new one: the diagonal that BWT and forgetting need),
+checkpoint, and write the results. Re-running on the same workdir resumes after the last
+finished task; every random choice derives from ``(config.seed, stream, task)``
+(:mod:`supsup_jax.runner.keys`), so a resumed run's results equal an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from supsup_jax import distributed, nns, plots, results, scenarios
+from supsup_jax.data import BatchIterator
+from supsup_jax.runner import record
+from supsup_jax.runner.build import eval_points, steps_per_task, test_data
+from supsup_jax.runner.keys import Stream, key
+from supsup_jax.runner.learners import bank_bytes
+from supsup_jax.runner.progress import Progress, Scalars, row_scalars
+
+__all__ = ["resume_point", "run_nns", "run_tasks"]
+
+# Test sets kept between rows (the streams build a task's test set on demand).
+TEST_CACHE = 64
+
+
+def resume_point(config, ckpts) -> tuple[int, dict | None]:
+    """``(finished tasks, checkpoint meta)`` of the workdir, ``(0, None)`` when it is new."""
+    step = ckpts.latest_step()
+    if step is None:
+        return 0, None
+    meta = ckpts.restore_meta(step)
+    record.check_resumable(meta.get("config"), config, ckpts.directory)
+    return step, meta
+
+
+def _test_sets(config, stream):
+    cache: dict[int, Any] = {}
+
+    def test_set(i):
+        if i not in cache:
+            cache[i] = test_data(config, stream, i)
+            if len(cache) > TEST_CACHE:
+                cache.pop(next(iter(cache)))
+        return cache[i]
+
+    return test_set
+
+
+def _finish(config, workdir, res):
+    if distributed.is_primary():
+        results.write_results(workdir, res)
+        plots.write_plots(res, workdir)
+    return res
+
+
+def run_tasks(config, workdir, stream, learner, ckpts):
+    """The task loop for a learner of :mod:`supsup_jax.runner.learners`."""
+    num = config.num_tasks
+    steps = steps_per_task(config, stream)
+    state = learner.init()
+    start, meta = resume_point(config, ckpts)
+    rows: dict[str, dict] = {}
+    wall: list[float] = []
+    right_after: list[float] = []  # GG accuracy of each task right after learning it
+    if meta is not None:
+        state = learner.restore(ckpts, start, state)
+        rows, wall, right_after = meta["rows"], meta["wall"], meta["right_after"]
+    points = eval_points(config)
+    progress = Progress(config.quiet, num, start)
+    scalars = Scalars(workdir, config.tensorboard and distributed.is_primary())
+    test_set = _test_sets(config, stream)
+    for t in range(start, num):
+        t0 = time.perf_counter()
+        bar = progress.steps(t, steps)
+        state = learner.train(state, t, stream.task(t), steps,
+                              on_chunk=lambda s, m, bar=bar: bar.update(s - bar.n))
+        train_secs = time.perf_counter() - t0
+        bar.close()
+        row = learner.row(state, t, test_set, only=None if t + 1 in points else t)
+        rows[str(t)] = row
+        right_after.append(row["gg"][t])
+        wall.append(time.perf_counter() - t0)
+        meta = {"config": record.comparable(config), "rows": rows, "wall": wall,
+                "right_after": right_after}
+        ckpts.save(t + 1, learner.saved(state), meta)
+        res = record.results_dict(config, rows, wall, learner.bytes_per_task(state, t + 1), None)
+        if distributed.is_primary():
+            results.write_results(workdir, res)
+        scalars.write(t + 1, {"train/steps_per_second": steps / train_secs,
+                              **row_scalars(row, t)})
+        line = (f"task {t}: {steps / train_secs:.0f} steps/s, GG {right_after[-1]:.4f}, "
+                f"running average {np.mean(right_after):.4f}")
+        inf_row = row.get("inferred")
+        if inf_row is not None and None not in inf_row:  # a row that evaluated every task
+            line += f", {config.scenario} over learned {np.mean(inf_row):.4f}"
+        elif None not in row["gg"]:
+            line += f", GG over learned {np.mean(row['gg']):.4f}"
+        progress.task_done(line)
+    progress.close()
+    scalars.close()
+    return _finish(config, workdir, record.results_dict(
+        config, rows, wall, learner.bytes_per_task(state, len(wall)), None))
+
+
+def run_nns(config, workdir, stream, trainer, ckpts):
+    """NNs (SPEC 1.7): the stream visits the true tasks in order; the learner sees only
+    batches and decides every ``config.nns.decide_every`` of them."""
+    num = config.num_tasks
+    steps = steps_per_task(config, stream)
+    every = config.nns.decide_every
+    learner = nns.NNsLearner(trainer, budget=config.nns.budget, key=key(config, Stream.NNS),
+                             objective=config.inference.objective,
+                             num_real=stream.task(0).num_classes, eps=config.nns.eps)
+    start, meta = resume_point(config, ckpts)
+    rows: dict[str, dict] = {}
+    wall: list[float] = []
+    usage: list[list[int | None]] = []
+    if meta is not None:
+        slots = meta["num_masks"]
+        abstract = {"bank": learner.bank,
+                    "states": [trainer.init_task(jax.random.key(0)) for _ in range(slots)]}
+        state = ckpts.restore_state(start, abstract)
+        learner.bank, learner.states = state["bank"], list(state["states"])
+        learner.steps, learner.decisions = meta["steps"], meta["decisions"]
+        rows, wall, usage = meta["rows"], meta["wall"], meta["usage"]
+    how = scenarios.TaskInference("one_shot", config.inference.objective,
+                                  num_real=stream.task(0).num_classes, m=config.inference.m)
+    points = eval_points(config)
+    progress = Progress(config.quiet, num, start)
+    for t in range(start, num):
+        t0 = time.perf_counter()
+        task = stream.task(t)
+        it = BatchIterator(len(task.train_labels), config.batch_size,
+                           key(config, Stream.TRAIN_BATCHES, t))
+        used = []
+        bar = progress.steps(t, steps)
+        for s in range(0, steps, every):
+            idx = it.index_chunk(s, min(every, steps - s))
+            used.append(learner.learn_block(task.train_images[idx], task.train_labels[idx]))
+            bar.update(len(idx))
+        bar.close()
+        usage.append(used)
+        if t + 1 in points:
+            rows[str(t)] = _nns_row(config, learner, stream, usage, t, how)
+        wall.append(time.perf_counter() - t0)
+        meta = {"config": record.comparable(config), "rows": rows, "wall": wall, "usage": usage,
+                "num_masks": learner.num_masks, "steps": learner.steps,
+                "decisions": learner.decisions}
+        ckpts.save(t + 1, {"bank": learner.bank, "states": learner.states}, meta)
+        res = record.results_dict(config, rows, wall, bank_bytes(learner.bank),
+                                  learner.num_masks)
+        if distributed.is_primary():
+            results.write_results(workdir, res)
+        progress.task_done(f"task {t}: {steps / wall[-1]:.0f} steps/s, masks allocated "
+                           f"{learner.num_masks}")
+    progress.close()
+    return _finish(config, workdir, record.results_dict(
+        config, rows, wall, bank_bytes(learner.bank), learner.num_masks))
+
+
+def _nns_row(config, learner, stream, usage, t, how) -> dict:
+    # "Given" accuracy of a true task uses the slot the learner trained most on its data.
+    gg, inferred = [], []
+    for i in range(t + 1):
+        x, y = test_data(config, stream, i)
+        slots = [s for s in usage[i] if s is not None]
+        if slots:
+            own = max(set(slots), key=slots.count)
+            gg.append(float(learner.trainer.evaluate(learner.bank.task_masks(own), {}, x, y)))
+        else:
+            gg.append(None)
+        r = scenarios.evaluate_unknown_task(
+            learner.trainer.network, learner.bank, x, y, None, how, learner.trainer.preprocess,
+            key(config, Stream.EVALUATION, t, i), batch_size=config.test_batch_size,
+            shared_labels=True)
+        inferred.append(r["accuracy"])
+    return {"gg": gg, "inferred": inferred}
