@@ -141,10 +141,13 @@ class MaskBank:
         return jnp.arange(self.capacity, dtype=self.num_tasks.dtype) < self.num_tasks
 
     def task_masks(self, task) -> dict[str, jax.Array]:
-        """Task ``task``'s masks as float32 ``{path: shape}`` (``task`` may be traced)."""
+        """Task ``task``'s masks as float32 ``{path: shape}`` (``task`` may be traced; a
+        concrete ``task`` must be a learned slot)."""
+        _check_slot(self, task)
         return unpack_task(self, task)
 
     def task_batch_stats(self, task) -> Any:
+        _check_slot(self, task)
         return jax.tree.map(lambda x: x[task], self.batch_stats)
 
 
@@ -174,13 +177,37 @@ def _write_slot(bank: MaskBank, packed, stats, slot) -> MaskBank:
     return dataclasses.replace(bank, bits=bits, batch_stats=new_stats)
 
 
+def _check_slot(bank: MaskBank, task) -> None:
+    if isinstance(task, jax.core.Tracer) or isinstance(bank.num_tasks, jax.core.Tracer):
+        return
+    if np.ndim(task) != 0 or not np.issubdtype(np.asarray(task).dtype, np.integer):
+        raise TypeError(f"task must be an integer slot index, got {task!r}")
+    num = int(bank.num_tasks)
+    if not 0 <= int(task) < num:
+        raise IndexError(f"task {int(task)} is not a learned slot: the bank holds {num} "
+                         f"learned tasks (slots 0..{num - 1})")
+
+
 def _check_masks(bank: MaskBank, masks: Mapping[str, Any]) -> None:
+    if not isinstance(masks, Mapping):
+        raise TypeError(f"masks must be a mapping {{path: array}}, got {type(masks).__name__}")
     expected = dict(bank.shapes)
     if set(masks) != set(expected):
         raise ValueError(f"masks cover {sorted(masks)}; the bank holds {sorted(expected)}")
     for p, s in expected.items():
-        if tuple(masks[p].shape) != s:
-            raise ValueError(f"mask {p!r} has shape {tuple(masks[p].shape)}; the bank expects {s}")
+        m = masks[p]
+        if not hasattr(m, "shape") or not hasattr(m, "dtype"):
+            raise TypeError(f"mask {p!r} must be an array, got {type(m).__name__}")
+        if tuple(m.shape) != s:
+            raise ValueError(f"mask {p!r} has shape {tuple(m.shape)}; the bank expects {s}")
+        if m.dtype == bool or isinstance(m, jax.core.Tracer):
+            continue
+        # A binary mask is bool or holds only 0 and 1; soft or NaN values would pack as ones.
+        values = np.asarray(m)
+        if not np.all((values == 0) | (values == 1)):
+            bad = values[~((values == 0) | (values == 1))].reshape(-1)[:3]
+            raise ValueError(f"mask {p!r} is not binary: it holds {bad.tolist()} (a mask is "
+                             "bool, or 0/1 values; threshold soft masks first)")
 
 
 def _unpack_row(row: jax.Array, shape) -> jax.Array:
@@ -189,7 +216,8 @@ def _unpack_row(row: jax.Array, shape) -> jax.Array:
 
 
 def unpack_task(bank: MaskBank, task) -> dict[str, jax.Array]:
-    """One task's masks as float32 arrays of the weight shapes; ``task`` may be traced."""
+    """Slot ``task``'s masks as float32 arrays of the weight shapes, learned or not (a spare
+    slot is all zeros; :meth:`MaskBank.task_masks` refuses one); ``task`` may be traced."""
     return {p: _unpack_row(bank.bits[p][task], s).astype(jnp.float32) for p, s in bank.shapes}
 
 
@@ -295,19 +323,65 @@ def save_bank(bank: MaskBank, path: str | os.PathLike) -> None:
         np.savez(f, **arrays)
 
 
-def load_bank(path: str | os.PathLike, batch_stats_template: Any = None) -> MaskBank:
+def load_bank(path: str | os.PathLike, batch_stats_template: Any = None,
+              weights: Mapping[str, Any] | None = None) -> MaskBank:
     """Read a bank written by :func:`save_bank`.
 
     Args:
       batch_stats_template: one task's BN statistics (for their tree structure); ``None`` if the
         network has no BN.
+      weights: the masked weights of the network the bank is for (e.g. ``Trainer.weights``); if
+        given, the bank's layers and shapes must be theirs.
+
+    Raises:
+      ValueError: the file is not a bank (truncated, foreign, inconsistent), or not one of
+        this network; the message names the file and what is wrong.
     """
-    with np.load(path) as z:
-        shapes = ast.literal_eval(str(z["shapes"]))
-        bits = {p: jnp.asarray(z[f"bits/{p}"]) for p, _ in shapes}
-        num = jnp.asarray(z["num_tasks"])
-        template = batch_stats_template or {}
-        leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
-        stats = jax.tree_util.tree_unflatten(
-            treedef, [jnp.asarray(z[f"stats/{path_str(k)}"]) for k, _ in leaves])
-    return MaskBank(bits, stats, num, tuple(shapes))
+    import zipfile
+
+    where = os.fspath(path)
+    try:
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:
+            files = set(z.files)
+            if not {"shapes", "num_tasks"} <= files:
+                raise ValueError(f"{where} is not a mask bank written by save_bank (it has "
+                                 f"{sorted(files)[:5]}, no 'shapes'/'num_tasks')")
+            shapes = tuple((str(p), tuple(int(d) for d in s))
+                           for p, s in ast.literal_eval(str(z["shapes"])))
+            missing = [f"bits/{p}" for p, _ in shapes if f"bits/{p}" not in files]
+            if missing:
+                raise ValueError(f"{where} lacks the arrays {missing}")
+            bits = {p: np.asarray(z[f"bits/{p}"]) for p, _ in shapes}
+            num = np.asarray(z["num_tasks"])
+            template = batch_stats_template or {}
+            leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
+            names = [f"stats/{path_str(k)}" for k, _ in leaves]
+            absent = [n for n in names if n not in files]
+            extra = sorted(f for f in files if f.startswith("stats/") and f not in names)
+            if absent or extra:
+                raise ValueError(f"{where}: BN statistics do not match the template (missing "
+                                 f"{absent}, unexpected {extra})")
+            stats = [np.asarray(z[n]) for n in names]
+    except (zipfile.BadZipFile, EOFError, OSError, SyntaxError, KeyError) as e:
+        raise ValueError(f"{where} is not a readable mask bank (truncated or not an .npz "
+                         f"written by save_bank: {type(e).__name__}: {e})") from e
+    capacities = {b.shape[0] for b in bits.values()} | {x.shape[0] for x in stats}
+    if len(capacities) != 1:
+        raise ValueError(f"{where}: the arrays disagree on the capacity ({sorted(capacities)})")
+    capacity = capacities.pop()
+    for p, s in shapes:
+        if bits[p].dtype != np.uint8 or bits[p].shape != (capacity, _nbytes(s)):
+            raise ValueError(f"{where}: bits/{p} is {bits[p].dtype} {bits[p].shape}; a layer of "
+                             f"shape {s} needs uint8 ({capacity}, {_nbytes(s)})")
+    if num.shape != () or not np.issubdtype(num.dtype, np.integer) or not (
+            0 <= int(num) <= capacity):
+        raise ValueError(f"{where}: num_tasks={num.tolist()} does not fit the capacity "
+                         f"{capacity}")
+    if weights is not None:
+        expected = tuple(sorted((p, tuple(int(d) for d in w.shape)) for p, w in weights.items()))
+        if expected != shapes:
+            raise ValueError(f"{where} holds masks of {dict(shapes)}; this network's masked "
+                             f"weights are {dict(expected)}")
+    return MaskBank({p: jnp.asarray(b) for p, b in bits.items()},
+                    jax.tree_util.tree_unflatten(treedef, [jnp.asarray(x) for x in stats]),
+                    jnp.asarray(num, jnp.int32), shapes)

@@ -37,6 +37,7 @@ from supsup_jax.models.network import Network
 
 __all__ = [
     "METHODS",
+    "NO_TASK",
     "OBJECTIVES",
     "alpha_gradient",
     "binary",
@@ -47,6 +48,7 @@ __all__ = [
     "g_objective",
     "gradient_descent",
     "halve",
+    "lowest",
     "lowest_learned",
     "make_objective",
     "masked_logits",
@@ -116,9 +118,44 @@ def uniform_alpha(bank: bank_lib.MaskBank, alive: jax.Array | None = None) -> ja
     return a / jnp.maximum(jnp.sum(a), 1.0)
 
 
-def lowest_learned(bank: bank_lib.MaskBank, values: jax.Array) -> jax.Array:
-    """int32: the learned slot with the smallest of ``values`` (float ``[capacity]``)."""
-    return jnp.argmin(jnp.where(bank.learned(), values, jnp.inf)).astype(jnp.int32)
+NO_TASK = -1
+
+
+def lowest(candidates: jax.Array, values: jax.Array, *, zero_is_no_signal: bool = True
+           ) -> jax.Array:
+    """int32: the candidate (bool ``[n]``) with the smallest of ``values`` (float ``[n]``; ties
+    to the lowest index), or :data:`NO_TASK` when the values carry no information: no
+    candidate, a non-finite value, or (``zero_is_no_signal``, for gradients) exactly 0 for every
+    one of two or more candidates, as G's gradient is without superfluous neurons. Never a
+    plausible task for a meaningless input."""
+    count = jnp.sum(candidates)
+    finite = jnp.all(jnp.where(candidates, jnp.isfinite(values), True))
+    ok = finite & (count > 0)
+    if zero_is_no_signal:
+        ok &= (count == 1) | jnp.any(candidates & (values != 0))
+    best = jnp.argmin(jnp.where(candidates, values, jnp.inf))
+    return jnp.where(ok, best, NO_TASK).astype(jnp.int32)
+
+
+def lowest_learned(bank: bank_lib.MaskBank, values: jax.Array, *,
+                   zero_is_no_signal: bool = True) -> jax.Array:
+    """int32: the learned slot with the smallest of ``values`` (float ``[capacity]``), or
+    :data:`NO_TASK` (see :func:`lowest`)."""
+    return lowest(bank.learned(), values, zero_is_no_signal=zero_is_no_signal)
+
+
+def _check_eager(network: Network, bank: bank_lib.MaskBank, x, weights) -> None:
+    # The checks that need values run only outside jit; under jit an empty bank or a NaN
+    # input gives NO_TASK instead.
+    if not jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating):
+        raise TypeError(f"x must be a float batch (preprocessed, e.g. normalised uint8 images), "
+                        f"got {jnp.asarray(x).dtype}")
+    if not any(isinstance(a, jax.core.Tracer)
+               for a in jax.tree.leaves((bank, x, weights))):
+        check_inputs(network, bank, x)
+        if weights is not None and tuple(jnp.shape(weights)) != (x.shape[0],):
+            raise ValueError(f"weights have shape {tuple(jnp.shape(weights))}; the batch has "
+                             f"{x.shape[0]} examples")
 
 
 def masked_logits(network: Network, params: Any, masks, x) -> jax.Array:
@@ -164,7 +201,9 @@ def one_shot(network, params, bank, x, weights, objective, *, superposed=None,
     """One-Shot (Eq. 4): ``argmin_i dH/dalpha_i`` at uniform alpha, over learned tasks only.
 
     ``superposed``: ``bank.superpose(uniform_alpha(bank), bank)``, computed once per bank by
-    callers that infer many batches."""
+    callers that infer many batches. Returns :data:`NO_TASK` when the gradient carries no
+    information (:func:`lowest`)."""
+    _check_eager(network, bank, x, weights)
     _, g = gradient(network, params, bank, uniform_alpha(bank), x, weights, objective,
                     superposed)
     return lowest_learned(bank, g)
@@ -184,20 +223,25 @@ def binary(network, params, bank, x, weights, objective, *,
 
     Each round keeps the ``ceil(n/2)`` alive tasks with the smallest gradient (the official code
     keeps those ``<=`` the lower median, which is the same count without ties); ties are broken by
-    index, so the loop always ends after ``ceil(log2 n)`` rounds on one learned task.
+    index, so the loop always ends after ``ceil(log2 n)`` rounds on one learned task, or on
+    :data:`NO_TASK` if a round's gradients carry no information (:func:`lowest`).
     """
+    _check_eager(network, bank, x, weights)
 
-    def cond(alive):
-        return jnp.sum(alive) > 1
+    def cond(carry):
+        alive, ok = carry
+        return ok & (jnp.sum(alive) > 1)
 
-    def body(alive):
+    def body(carry):
+        alive, _ = carry
         # Only the remaining candidates' gradients are computed (halve ignores the others).
         _, g = gradient(network, params, bank, uniform_alpha(bank, alive), x, weights,
                         objective, grad_rows=alive)
-        return halve(alive, g)
+        return halve(alive, g), lowest(alive, g) != NO_TASK
 
-    alive = jax.lax.while_loop(cond, body, bank.learned())
-    return jnp.argmax(alive).astype(jnp.int32)
+    learned = bank.learned()
+    alive, ok = jax.lax.while_loop(cond, body, (learned, jnp.any(learned)))
+    return jnp.where(ok, jnp.argmax(alive), NO_TASK).astype(jnp.int32)
 
 
 def gradient_descent(network, params, bank, x, weights, objective, *, lr: float = 200.0,
@@ -209,24 +253,29 @@ def gradient_descent(network, params, bank, x, weights, objective, *, lr: float 
     ``max_steps`` gradients (the official ``gradient_minimization`` rule, with lr 200).
 
     Returns:
-      ``(task, steps)``: ``argmax alpha`` over learned tasks and the number of gradients taken.
+      ``(task, steps)``: ``argmax alpha`` over learned tasks (:data:`NO_TASK` if a gradient
+      carried no information, :func:`lowest`) and the number of gradients taken.
     """
+    _check_eager(network, bank, x, weights)
     learned = bank.learned()
 
     def confidence(alpha):
         return jnp.max(jax.nn.softmax(jnp.where(learned, alpha, -jnp.inf)))
 
     def cond(carry):
-        alpha, step = carry
+        alpha, step, _ = carry
         return (step < max_steps) & (confidence(alpha) <= threshold)
 
     def body(carry):
-        alpha, step = carry
+        alpha, step, ok = carry
         _, g = gradient(network, params, bank, alpha, x, weights, objective)
-        return jnp.where(learned, alpha - lr * g, 0.0), step + 1
+        ok = ok & (lowest(learned, g) != NO_TASK)
+        return jnp.where(learned, alpha - lr * g, 0.0), step + 1, ok
 
-    alpha, steps = jax.lax.while_loop(cond, body, (uniform_alpha(bank), jnp.int32(0)))
-    return jnp.argmax(jnp.where(learned, alpha, -jnp.inf)).astype(jnp.int32), steps
+    alpha, steps, ok = jax.lax.while_loop(
+        cond, body, (uniform_alpha(bank), jnp.int32(0), jnp.any(learned)))
+    task = jnp.argmax(jnp.where(learned, alpha, -jnp.inf))
+    return jnp.where(ok, task, NO_TASK).astype(jnp.int32), steps
 
 
 def task_entropies(network, params, bank, x, weights, *, tasks_per_batch: int = 8):
@@ -242,11 +291,12 @@ def exhaustive(network, params, bank, x, weights, objective, *, tasks_per_batch:
 
     BN networks use each task's running statistics. ``objective`` is ignored: the score is
     always H, because G's *value* (a logsumexp over every logit) does not rank tasks; only its
-    gradient carries the signal.
+    gradient carries the signal. :data:`NO_TASK` if an entropy is not finite.
     """
     del objective
-    return lowest_learned(bank, task_entropies(network, params, bank, x, weights,
-                                               tasks_per_batch=tasks_per_batch))
+    _check_eager(network, bank, x, weights)
+    values = task_entropies(network, params, bank, x, weights, tasks_per_batch=tasks_per_batch)
+    return lowest_learned(bank, values, zero_is_no_signal=False)
 
 
 METHODS = {

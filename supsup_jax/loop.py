@@ -18,8 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from supsup_jax.data.iterator import BatchIterator
+from supsup_jax.errors import TrainingDivergedError
 
-__all__ = ["STEP_LOOPS", "StepLoop", "default_step_loop"]
+__all__ = ["STEP_LOOPS", "StepLoop", "check_finite", "default_step_loop", "healthy_fn"]
 
 STEP_LOOPS = ("auto", "scan", "python")
 Step = Callable[[Any, Any, jax.Array, jax.Array, jax.Array], tuple[Any, dict]]
@@ -44,6 +45,10 @@ class StepLoop:
     def __init__(self, step: Step, *, chunk_size: int = 100, step_loop: str = "scan"):
         if step_loop not in ("scan", "python"):
             raise ValueError(f"step_loop must be 'scan' or 'python', got {step_loop!r}")
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int | np.integer) or (
+                chunk_size < 1):
+            raise ValueError(f"chunk_size (steps per jitted call) must be an integer >= 1, "
+                             f"got {chunk_size!r}")
         self.step = step
         self.chunk_size = chunk_size
         self.step_loop = step_loop
@@ -86,11 +91,21 @@ class StepLoop:
         ``__getitem__(indices)``) and ``labels`` (int ``(N,)``), reshuffled per epoch from
         ``key``. ``on_chunk(steps_done, metrics)`` is called after each chunk. Returns the
         carry."""
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int | np.integer) or (
+                num_steps < 0):
+            raise ValueError(f"num_steps must be an integer >= 0, got {num_steps!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or (
+                not 1 <= batch_size <= len(labels)):
+            raise ValueError(f"batch_size must be an integer in [1, {len(labels)}] (the "
+                             f"examples), got {batch_size!r}")
         iterator = BatchIterator(len(labels), batch_size, key)
+        # The chunks donate the carry: train a copy, so the caller's state stays usable.
+        carry = jax.tree.map(jnp.copy, carry)
         in_memory = isinstance(images, np.ndarray | jax.Array)
         if in_memory:
             images_dev, labels_dev = jnp.asarray(images), jnp.asarray(labels, jnp.int32)
         step, end = start_step, start_step + num_steps
+        pending = None  # the last chunk's health flag, read after the next chunk is queued
         while step < end:
             count = min(self.chunk_size, end - step)
             idx = iterator.index_chunk(step, count)
@@ -101,7 +116,36 @@ class StepLoop:
                 x = np.asarray(images[flat]).reshape(count, batch_size, *images.shape[1:])
                 y = np.asarray(labels)[flat].reshape(count, batch_size).astype(np.int32)
             carry, metrics = self.run_chunk(args, carry, x, y, key, step)
+            healthy = healthy_fn(carry, metrics)
+            if pending is not None:
+                _raise_unless(*pending)
+            pending = (healthy, step, step + count)
             step += count
             if on_chunk is not None:
                 on_chunk(step, metrics)
+        if pending is not None:
+            _raise_unless(*pending)
         return carry
+
+
+@jax.jit
+def healthy_fn(carry, metrics) -> jax.Array:
+    """bool: every float leaf of the carry (scores, statistics, optimiser state) and the loss
+    in ``metrics`` are finite."""
+    leaves = [x for x in jax.tree.leaves((carry, metrics.get("loss", 0.0)))
+              if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def check_finite(carry, metrics, first: int, stop: int) -> None:
+    """Raise :class:`TrainingDivergedError` for steps ``first..stop-1`` unless
+    :func:`healthy_fn` holds (one host sync)."""
+    _raise_unless(healthy_fn(carry, metrics), first, stop)
+
+
+def _raise_unless(healthy, first: int, stop: int) -> None:
+    # One host sync per chunk, one chunk behind, so the device queue never drains.
+    if not bool(healthy):
+        raise TrainingDivergedError(
+            f"training diverged in steps {first}..{stop - 1}: the loss or the trained "
+            "parameters are NaN or infinite (is the learning rate finite and not too large?)")

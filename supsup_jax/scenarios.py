@@ -24,9 +24,10 @@ import numpy as np
 
 from supsup_jax import bank as bank_lib
 from supsup_jax import inference
+from supsup_jax.errors import NoTaskSignalError
 from supsup_jax.models.network import Network
 
-__all__ = ["TaskInference", "evaluate_unknown_task"]
+__all__ = ["TaskInference", "evaluate_unknown_task", "raise_if_no_signal", "shuffled_batches"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,13 +96,14 @@ def _evaluate_batches(params, bank, images, labels, true_task, *, network, how, 
         else:
             logits = logits_for(task, x)
             right_task = jnp.broadcast_to(task == true_task, y.shape)
-        correct = (jnp.argmax(logits, -1) == y) & valid
+        no_task = jnp.broadcast_to(task == inference.NO_TASK, y.shape) & valid
+        correct = (jnp.argmax(logits, -1) == y) & valid & ~no_task
         if not shared_labels:
             correct = correct & right_task
-        return jnp.sum(correct), jnp.sum(right_task & valid)
+        return jnp.sum(correct), jnp.sum(right_task & valid), jnp.sum(no_task)
 
-    correct, task_correct = jax.lax.map(one, (images, labels))
-    return jnp.sum(correct), jnp.sum(task_correct)
+    correct, task_correct, no_task = jax.lax.map(one, (images, labels))
+    return jnp.sum(correct), jnp.sum(task_correct), jnp.sum(no_task)
 
 
 def evaluate_unknown_task(
@@ -138,14 +140,29 @@ def evaluate_unknown_task(
     params = network.params if params is None else params
     n = len(labels)
     x, y = shuffled_batches(images, labels, key, batch_size)
-    correct, task_correct = _evaluate_batches(
+    correct, task_correct, no_task = _evaluate_batches(
         params, bank, x, y,
         jnp.int32(-1 if true_task is None else true_task), network=network, how=how,
         preprocess=preprocess, shared_labels=shared_labels)
+    raise_if_no_signal(int(no_task), n, how)
     out = {"accuracy": float(correct) / n}
     if true_task is not None:
         out["task_accuracy"] = float(task_correct) / n
     return out
+
+
+def raise_if_no_signal(no_task: int, n: int, how: TaskInference) -> None:
+    """Raise :class:`NoTaskSignalError` if task inference found no task for ``no_task`` of
+    ``n`` test images (:data:`inference.NO_TASK`)."""
+    if not no_task:
+        return
+    why = (" G's gradient flows only through superfluous output neurons: give the network more "
+           f"outputs than the {how.num_real} real classes, or use the H objective"
+           if how.objective == "g" else "")
+    raise NoTaskSignalError(
+        f"task inference ({how.method}, objective {how.objective!r}) got no information for "
+        f"{no_task} of {n} test images: the gradient was equal for every learned task or not "
+        f"finite.{why}")
 
 
 def shuffled_batches(images, labels, key: jax.Array, batch_size: int):

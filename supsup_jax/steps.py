@@ -4,6 +4,8 @@ the loss, preprocessing, the data check, and helpers over per-task state stacked
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
@@ -16,7 +18,9 @@ from supsup_jax.data.transforms import normalize, random_crop_flip, random_resiz
 from supsup_jax.models.network import Network
 
 __all__ = [
+    "OPTIMIZERS",
     "Preprocess",
+    "SCHEDULES",
     "TaskState",
     "check_data",
     "cross_entropy",
@@ -28,6 +32,8 @@ __all__ = [
 ]
 
 Params = Any
+OPTIMIZERS = ("rmsprop", "adam", "sgd")
+SCHEDULES = ("constant", "cosine")
 
 
 class TaskState(NamedTuple):
@@ -68,13 +74,19 @@ def make_optimizer(
     linear warm-up ``lr * (e + 1) / warmup_epochs`` (SplitImageNet); ``"constant"`` is the
     official ``--no-scheduler``.
     """
-    if learning_rate <= 0:
-        raise ValueError(f"learning_rate must be positive, got {learning_rate}")
+    for name_, value, lowest in (("learning_rate", learning_rate, None),
+                                 ("weight_decay", weight_decay, 0.0), ("momentum", momentum, 0.0)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(
+                value) or (value <= 0 if lowest is None else value < lowest):
+            allowed = "a finite number > 0" if lowest is None else "a finite number >= 0"
+            raise ValueError(f"{name_} must be {allowed}, got {value!r}")
     if schedule == "constant":
         lr = learning_rate
     elif schedule == "cosine":
         if not steps_per_epoch or not epochs:
             raise ValueError("the cosine schedule needs steps_per_epoch and epochs")
+        if not 0 <= warmup_epochs < epochs:
+            raise ValueError(f"warmup_epochs={warmup_epochs} must lie in [0, epochs={epochs})")
         cos_epochs = epochs - warmup_epochs
 
         def lr(count):

@@ -27,7 +27,7 @@ from jax.sharding import PartitionSpec as P
 from supsup_jax import evaluate as evaluate_lib
 from supsup_jax import masking, sharding
 from supsup_jax.data.iterator import BatchIterator
-from supsup_jax.loop import StepLoop, default_step_loop
+from supsup_jax.loop import StepLoop, check_finite, default_step_loop
 from supsup_jax.models.network import Network
 from supsup_jax.steps import (
     Preprocess,
@@ -141,10 +141,16 @@ class Trainer:
         ``[c, B]``; step ``start_step + i`` uses ``fold_in(key, start_step + i)``.
 
         Returns ``(state, metrics)`` with the chunk's mean loss and accuracy (device scalars).
+
+        Raises:
+          TrainingDivergedError: the loss or the new state is not finite (one host sync).
         """
         params = self.network.params if params is None else params
-        return self.loop.run_chunk(params, state, jnp.asarray(images),
-                                    jnp.asarray(labels, jnp.int32), key, start_step)
+        state = jax.tree.map(jnp.copy, state)  # run_chunk donates it; the caller keeps theirs
+        state, metrics = self.loop.run_chunk(params, state, jnp.asarray(images),
+                                             jnp.asarray(labels, jnp.int32), key, start_step)
+        check_finite(state, metrics, start_step, start_step + len(images))
+        return state, metrics
 
     def init_task(self, key: jax.Array, batch_stats: Params | None = None,
                   scores: Mapping[str, jax.Array] | None = None) -> TaskState:
@@ -223,7 +229,11 @@ class Trainer:
             y = to_global(labels[idx].astype(np.int32), rows)
             kd = to_global(jax.random.key_data(jax.random.fold_in(key, step)), replicated)
             gstate, metrics = self._dp_step(gparams, gstate, x, y, kd)
-            if on_chunk is not None and (step + 1 - start_step) % self.chunk_size == 0:
+            done = step + 1 - start_step
+            if done % self.chunk_size == 0 or done == num_steps:
+                check_finite(gstate, metrics, max(start_step, step + 1 - self.chunk_size),
+                             step + 1)
+            if on_chunk is not None and done % self.chunk_size == 0:
                 on_chunk(step + 1, metrics)
         # Every process holds the same replicated state: continue with the local copy.
         return jax.tree.map(lambda a: a.addressable_data(0), gstate)

@@ -96,8 +96,15 @@ def test_nothing_found_lists_every_place(isolated, monkeypatch):
     assert isinstance(err.value, FileNotFoundError)
     assert f"{empty} ($SUPSUP_DATA_DIR)" in msg
     assert str(empty / "fashion_mnist") in msg
-    assert f"{isolated / 'sys'} (system location)" in msg
     assert f"tfds.data_source('fashion_mnist', data_dir='{empty}')" in msg
+    assert "download=False" in msg
+    # An explicit directory is the only place tried: no silent fallback to other data.
+    assert "(system location)" not in msg and "were not tried" in msg
+    monkeypatch.delenv("SUPSUP_DATA_DIR")
+    with pytest.raises(DataNotFoundError) as err:
+        load_dataset("fashion_mnist", download=False)
+    msg = str(err.value)
+    assert f"{isolated / 'sys'} (system location)" in msg
     assert f"data_dir='{isolated / 'tfds'}'" in msg  # the tfds default, from $TFDS_DATA_DIR
     assert "download=False" in msg
     assert "dataset-fashion-mnist" in msg and "pip install -e .[tfds]" in msg

@@ -51,7 +51,7 @@ def test_alpha_gradient_equals_explicit_float_superposition_and_finite_differenc
     alpha = inference.uniform_alpha(bank)
     value, g = inference.alpha_gradient(net, net.params, bank, alpha, x, w, obj)
     # Reference: stack the unpacked float32 masks and let jax.grad do the rest.
-    stacked = {p: jnp.stack([bank.task_masks(i)[p] for i in range(bank.capacity)])
+    stacked = {p: jnp.stack([bank_lib.unpack_task(bank, i)[p] for i in range(bank.capacity)])
                for p, _ in bank.shapes}
 
     def explicit(a):
@@ -98,7 +98,7 @@ def test_binary_equals_a_python_loop_over_full_gradients(trained, objective):
     # computes every gradient from explicitly stacked float masks and halves in Python.
     net, bank, tasks, preprocess, _ = trained
     obj = inference.make_objective(objective, 10)
-    stacked = {p: jnp.stack([bank.task_masks(i)[p] for i in range(bank.capacity)])
+    stacked = {p: jnp.stack([bank_lib.unpack_task(bank, i)[p] for i in range(bank.capacity)])
                for p, _ in bank.shapes}
 
     def grad(a, x, w):

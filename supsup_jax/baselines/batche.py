@@ -148,7 +148,7 @@ def one_shot(method: BatchE, state, num_learned, x: jax.Array, weights: jax.Arra
         return objective(logits, weights)
 
     g = jax.grad(f)(alpha0)
-    return jnp.argmin(jnp.where(learned, g, jnp.inf)).astype(jnp.int32)
+    return inference.lowest(learned, g)
 
 
 @functools.partial(jax.jit, static_argnames=("trainer", "how"))
@@ -167,10 +167,11 @@ def _evaluate_batches(state, stats, images, labels, true_task, num_learned, *, t
                                   task_stats, x, False)
         right = task == true_task
         correct = (jnp.argmax(logits, -1) == y) & valid & right
-        return jnp.sum(correct), jnp.sum(valid) * right.astype(jnp.int32)
+        no_task = jnp.sum(valid) * (task == inference.NO_TASK).astype(jnp.int32)
+        return jnp.sum(correct), jnp.sum(valid) * right.astype(jnp.int32), no_task
 
-    correct, task_correct = jax.lax.map(one, (images, labels))
-    return jnp.sum(correct), jnp.sum(task_correct)
+    correct, task_correct, no_task = jax.lax.map(one, (images, labels))
+    return jnp.sum(correct), jnp.sum(task_correct), jnp.sum(no_task)
 
 
 def evaluate_unknown_task(trainer: core.MethodTrainer, state, stats, images: np.ndarray,
@@ -201,6 +202,8 @@ def evaluate_unknown_task(trainer: core.MethodTrainer, state, stats, images: np.
     trainer.check_data(images, labels)
     n = len(labels)
     x, y = scenarios.shuffled_batches(images, labels, key, batch_size)
-    correct, task_correct = _evaluate_batches(state, stats, x, y, jnp.int32(true_task),
-                                              jnp.int32(num_learned), trainer=trainer, how=how)
+    correct, task_correct, no_task = _evaluate_batches(
+        state, stats, x, y, jnp.int32(true_task), jnp.int32(num_learned), trainer=trainer,
+        how=how)
+    scenarios.raise_if_no_signal(int(no_task), n, how)
     return {"accuracy": float(correct) / n, "task_accuracy": float(task_correct) / n}

@@ -150,11 +150,18 @@ def load_idx_dataset(directory: str | os.PathLike, name: str) -> Dataset:
     labels_max = max(
         int(arrays["train_labels"].max(initial=0)), int(arrays["test_labels"].max(initial=0))
     )
+    num_classes = _IDX_NUM_CLASSES.get(name, labels_max + 1)
+    for split in ("train", "test"):
+        labels = arrays[f"{split}_labels"]
+        if labels.size and labels.max() >= num_classes:
+            bad = int(np.argmax(labels >= num_classes))
+            raise IdxFormatError(f"{paths[f'{split}_labels']}: label {int(labels[bad])} at "
+                                 f"index {bad}; {name} has {num_classes} classes")
     return Dataset(
         name=name,
         train_images=arrays["train_images"][..., None],
         train_labels=arrays["train_labels"].astype(np.int32),
         test_images=arrays["test_images"][..., None],
         test_labels=arrays["test_labels"].astype(np.int32),
-        num_classes=_IDX_NUM_CLASSES.get(name, labels_max + 1),
+        num_classes=num_classes,
     )

@@ -278,25 +278,41 @@ def load_dataset(
     if name not in DATASET_NAMES:
         raise ValueError(f"unknown dataset {name!r}; expected one of {DATASET_NAMES}")
     tried: list[str] = []
-    explicit = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV) or None
+    explicit = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV)
     origin = "data_dir argument" if data_dir is not None else f"${DATA_DIR_ENV}"
     if explicit is not None:
+        # An explicit directory is the user's choice: never fall back to other data silently.
+        if not os.fspath(explicit).strip():
+            raise DataNotFoundError(f"{origin} is set but empty; unset it or name a directory")
         explicit = os.path.expanduser(os.fspath(explicit))
+        if not os.path.isdir(explicit):
+            raise DataNotFoundError(f"{origin} names {explicit!r}, which is not a directory")
         dataset = _try_directory(name, pathlib.Path(explicit), origin, tried)
         if dataset is not None:
             return dataset
+        dataset = _try_tfds(name, explicit, tried)
+        if dataset is not None:
+            return dataset
+        if download and _tfds_download(name, explicit, tried):
+            dataset = _try_tfds(name, explicit, tried)
+            if dataset is not None:
+                return dataset
+        if not download:
+            tried.append("tfds download: not attempted (download=False)")
+        tried.append(f"no other location: {origin} was given, so the system locations and the "
+                     "tfds default were not tried")
+        raise _not_found(name, tried)
     for location in SYSTEM_LOCATIONS.get(name, ()):
         dataset = _try_directory(name, pathlib.Path(location), "system location", tried)
         if dataset is not None:
             return dataset
-    tfds_dirs = list(dict.fromkeys([d for d in (explicit, _tfds_default_data_dir()) if d]))
-    for tfds_dir in tfds_dirs:
-        dataset = _try_tfds(name, tfds_dir, tried)
-        if dataset is not None:
-            return dataset
+    tfds_dir = _tfds_default_data_dir()
+    dataset = _try_tfds(name, tfds_dir, tried)
+    if dataset is not None:
+        return dataset
     if download:
-        if _tfds_download(name, tfds_dirs[0], tried):
-            dataset = _try_tfds(name, tfds_dirs[0], tried)
+        if _tfds_download(name, tfds_dir, tried):
+            dataset = _try_tfds(name, tfds_dir, tried)
             if dataset is not None:
                 return dataset
     else:

@@ -13,11 +13,12 @@ The workdir receives ``results.json``, ``accuracy.csv``, PNG plots and ``checkpo
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
 from supsup_jax.checkpoint import RunCheckpoints
-from supsup_jax.runner import build, hopsupsup, learners, tasks
+from supsup_jax.runner import build, hopsupsup, learners, tasks, validate
 
 __all__ = ["train_and_evaluate"]
 
@@ -29,21 +30,33 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
     :data:`supsup_jax.baselines.METHODS` or ``"hopsupsup"``.
 
     Raises:
+      ConfigError: a field's value no run can use (the message names it).
       CheckpointError: the workdir holds a checkpoint of a different config, or a corrupt one.
+      TrainingDivergedError: a task's loss or scores became NaN or infinite.
+      NoTaskSignalError: task inference got no information (e.g. G without spare outputs).
     """
+    validate.check_config(config)
     build.check_method(config)
     workdir = os.fspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
-    ckpts = RunCheckpoints(workdir)
-    try:
-        if config.method == "hopsupsup":
+    if config.method == "hopsupsup":
+        with _checkpoints(workdir) as ckpts:
             return hopsupsup.run(config, workdir, ckpts)
-        stream = build.make_stream(config)
-        trainer = build.build_trainer(config, stream, build.build_network(config, stream))
+    stream = build.make_stream(config)
+    validate.check_against_stream(config, stream)  # before anything is written
+    trainer = build.build_trainer(config, stream, build.build_network(config, stream))
+    with _checkpoints(workdir) as ckpts:
         if config.scenario == "NNs" and config.method == "supsup":
             return tasks.run_nns(config, workdir, stream, trainer, ckpts)
         learner = (learners.SupSupLearner if config.method == "supsup"
                    else learners.BaselineLearner)(config, stream, trainer)
         return tasks.run_tasks(config, workdir, stream, learner, ckpts)
+
+
+@contextlib.contextmanager
+def _checkpoints(workdir: str):
+    os.makedirs(workdir, exist_ok=True)
+    ckpts = RunCheckpoints(workdir)
+    try:
+        yield ckpts
     finally:
         ckpts.close()

@@ -21,6 +21,7 @@ from supsup_jax.data import (
     split_imagenet,
     split_mnist,
 )
+from supsup_jax.errors import ConfigError
 from supsup_jax.runner.keys import Stream, key
 
 __all__ = [
@@ -73,10 +74,10 @@ def make_stream(config):
     elif kind == "split_imagenet":
         stream = split_imagenet(ds, seed=1)
     else:
-        raise ValueError(f"unknown stream {kind!r}; choose permuted, rotated, split, "
+        raise ConfigError(f"unknown stream {kind!r}; choose permuted, rotated, split, "
                          "split_mnist, split_cifar100 or split_imagenet")
     if stream.num_tasks != config.num_tasks:
-        raise ValueError(f"the {config.stream} stream has {stream.num_tasks} tasks, the config "
+        raise ConfigError(f"the {config.stream} stream has {stream.num_tasks} tasks, the config "
                          f"asks for {config.num_tasks}")
     return stream
 
@@ -84,27 +85,27 @@ def make_stream(config):
 def check_method(config) -> None:
     """Raise unless ``config.method`` runs in ``config.scenario`` with these options."""
     if config.scenario not in SCENARIOS:
-        raise ValueError(f"unknown scenario {config.scenario!r}; choose one of {SCENARIOS}")
+        raise ConfigError(f"unknown scenario {config.scenario!r}; choose one of {SCENARIOS}")
     method = config.method
     if method == "hopsupsup":
         if config.model != "bnnet" or config.stream != "split_mnist":
-            raise ValueError("hopsupsup runs BNNet (model 'bnnet') on the split_mnist stream")
+            raise ConfigError("hopsupsup runs BNNet (model 'bnnet') on the split_mnist stream")
         return
     if method not in baselines.METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of "
+        raise ConfigError(f"unknown method {method!r}; choose one of "
                          f"{(*baselines.METHODS, 'hopsupsup')}")
     if method == "supsup":
         if config.rand_w:
-            raise ValueError("rand_w is a baseline variant; SupSup's weights are always random")
+            raise ConfigError("rand_w is a baseline variant; SupSup's weights are always random")
         return
     if config.transfer:
-        raise ValueError(f"transfer (SupSup Transfer) does not apply to method {method!r}")
+        raise ConfigError(f"transfer (SupSup Transfer) does not apply to method {method!r}")
     if config.scenario == "GNu" and method == "batche":
         if config.inference.method != "one_shot" or config.inference.per_example:
-            raise ValueError("BatchE infers tasks with One-Shot per batch only (paper Fig. 5 "
+            raise ConfigError("BatchE infers tasks with One-Shot per batch only (paper Fig. 5 "
                              f"right), not {config.inference.method!r}")
     elif config.scenario != "GG":
-        raise ValueError(f"method {method!r} runs in scenario GG (task given)"
+        raise ConfigError(f"method {method!r} runs in scenario GG (task given)"
                          + (" or GNu with One-Shot" if method == "batche" else "")
                          + f", not {config.scenario}")
 
@@ -129,7 +130,7 @@ def input_statistics(normalization: str, stream, channels: int = 1):
         return mean * channels, std * channels
     if normalization == "dataset":
         return stream.mean, stream.std
-    raise ValueError(f"unknown normalization {normalization!r}; choose 'mnist' or 'dataset'")
+    raise ConfigError(f"unknown normalization {normalization!r}; choose 'mnist' or 'dataset'")
 
 
 def steps_per_task(config, stream) -> int:

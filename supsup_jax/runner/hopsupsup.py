@@ -55,15 +55,17 @@ def _train_tasks(config, stream, trainer, given_accuracy, ckpts, workdir):
         raise CheckpointError(
             f"{workdir} holds hopsupsup_tasks.npz from an earlier version of the runner; delete "
             "it (its tasks are trained again) or use another workdir")
-    start, meta = resume_point(config, ckpts)
+    def restore(step, _):
+        abstract = {"masks": [{p: np.zeros(w.shape, bool) for p, w in trainer.weights.items()}
+                              for _ in range(step)]}
+        return ckpts.restore_state(step, abstract)
+
+    start, meta, state = resume_point(config, ckpts, restore)
     masks: list[Masks] = []
     given: list[float] = []
     wall: list[float] = []
     if meta is not None:
-        abstract = {"masks": [{p: np.zeros(w.shape, bool) for p, w in trainer.weights.items()}
-                              for _ in range(start)]}
-        masks = [{p: np.asarray(m) for p, m in ms.items()}
-                 for ms in ckpts.restore_state(start, abstract)["masks"]]
+        masks = [{p: np.asarray(m) for p, m in ms.items()} for ms in state["masks"]]
         given, wall = meta["given"], meta["wall"]
     steps = steps_per_task(config, stream)
     for t in range(start, config.num_tasks):

@@ -9,6 +9,7 @@ finished task; every random choice derives from ``(config.seed, stream, task)``
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -17,6 +18,7 @@ import numpy as np
 
 from supsup_jax import distributed, nns, plots, results, scenarios
 from supsup_jax.data import BatchIterator
+from supsup_jax.errors import TrainingDivergedError
 from supsup_jax.runner import record
 from supsup_jax.runner.build import eval_points, steps_per_task, test_data
 from supsup_jax.runner.keys import Stream, key
@@ -29,14 +31,21 @@ __all__ = ["resume_point", "run_nns", "run_tasks"]
 TEST_CACHE = 64
 
 
-def resume_point(config, ckpts) -> tuple[int, dict | None]:
-    """``(finished tasks, checkpoint meta)`` of the workdir, ``(0, None)`` when it is new."""
-    step = ckpts.latest_step()
-    if step is None:
-        return 0, None
-    meta = ckpts.restore_meta(step)
-    record.check_resumable(meta.get("config"), config, ckpts.directory)
-    return step, meta
+def resume_point(config, ckpts, restore) -> tuple[int, dict | None, Any]:
+    """``(finished tasks, checkpoint meta, state)`` of the workdir's newest intact checkpoint
+    (``restore(step, meta) -> state``), ``(0, None, None)`` when there is none; a checkpoint of
+    another config is an error (:meth:`RunCheckpoints.resume`)."""
+    check = lambda meta: record.check_resumable(meta.get("config"), config, ckpts.directory)
+    return ckpts.resume(check, restore)
+
+
+@contextlib.contextmanager
+def _naming_the_task(t: int):
+    try:
+        yield
+    except TrainingDivergedError as e:
+        raise TrainingDivergedError(
+            f"task {t}: {e}; nothing of this task was checkpointed") from None
 
 
 def _test_sets(config, stream):
@@ -64,12 +73,13 @@ def run_tasks(config, workdir, stream, learner, ckpts):
     num = config.num_tasks
     steps = steps_per_task(config, stream)
     state = learner.init()
-    start, meta = resume_point(config, ckpts)
+    start, meta, restored = resume_point(
+        config, ckpts, lambda step, _: learner.restore(ckpts, step, state))
     rows: dict[str, dict] = {}
     wall: list[float] = []
     right_after: list[float] = []  # GG accuracy of each task right after learning it
     if meta is not None:
-        state = learner.restore(ckpts, start, state)
+        state = restored
         rows, wall, right_after = meta["rows"], meta["wall"], meta["right_after"]
     points = eval_points(config)
     progress = Progress(config.quiet, num, start)
@@ -78,8 +88,9 @@ def run_tasks(config, workdir, stream, learner, ckpts):
     for t in range(start, num):
         t0 = time.perf_counter()
         bar = progress.steps(t, steps)
-        state = learner.train(state, t, stream.task(t), steps,
-                              on_chunk=lambda s, m, bar=bar: bar.update(s - bar.n))
+        with _naming_the_task(t):
+            state = learner.train(state, t, stream.task(t), steps,
+                                  on_chunk=lambda s, m, bar=bar: bar.update(s - bar.n))
         train_secs = time.perf_counter() - t0
         bar.close()
         row = learner.row(state, t, test_set, only=None if t + 1 in points else t)
@@ -117,15 +128,16 @@ def run_nns(config, workdir, stream, trainer, ckpts):
     learner = nns.NNsLearner(trainer, budget=config.nns.budget, key=key(config, Stream.NNS),
                              objective=config.inference.objective,
                              num_real=stream.task(0).num_classes, eps=config.nns.eps)
-    start, meta = resume_point(config, ckpts)
+    def restore(step, meta):
+        abstract = {"bank": learner.bank, "states": [trainer.init_task(jax.random.key(0))
+                                                     for _ in range(meta["num_masks"])]}
+        return ckpts.restore_state(step, abstract)
+
+    start, meta, state = resume_point(config, ckpts, restore)
     rows: dict[str, dict] = {}
     wall: list[float] = []
     usage: list[list[int | None]] = []
     if meta is not None:
-        slots = meta["num_masks"]
-        abstract = {"bank": learner.bank,
-                    "states": [trainer.init_task(jax.random.key(0)) for _ in range(slots)]}
-        state = ckpts.restore_state(start, abstract)
         learner.bank, learner.states = state["bank"], list(state["states"])
         learner.steps, learner.decisions = meta["steps"], meta["decisions"]
         rows, wall, usage = meta["rows"], meta["wall"], meta["usage"]
@@ -142,7 +154,8 @@ def run_nns(config, workdir, stream, trainer, ckpts):
         bar = progress.steps(t, steps)
         for s in range(0, steps, every):
             idx = it.index_chunk(s, min(every, steps - s))
-            used.append(learner.learn_block(task.train_images[idx], task.train_labels[idx]))
+            with _naming_the_task(t):
+                used.append(learner.learn_block(task.train_images[idx], task.train_labels[idx]))
             bar.update(len(idx))
         bar.close()
         usage.append(used)
