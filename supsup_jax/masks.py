@@ -39,9 +39,10 @@ def threshold_mask(scores: jax.Array) -> jax.Array:
       scores: float array of any shape.
 
     Returns:
-      A {0, 1} array of the same shape and dtype; ``d M / d s`` is taken as the identity.
+      A {0, 1} array of the same shape and dtype (NaN where a score is NaN, so that a broken
+      score is never read as a pruned weight); ``d M / d s`` is taken as the identity.
     """
-    return (scores >= 0).astype(scores.dtype)
+    return jnp.where(jnp.isnan(scores), scores, (scores >= 0).astype(scores.dtype))
 
 
 def _threshold_fwd(scores):

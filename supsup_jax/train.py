@@ -239,7 +239,14 @@ class Trainer:
         return jax.tree.map(lambda a: a.addressable_data(0), gstate)
 
     def masks(self, scores: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-        """The finished binary masks of a task, as bool arrays (1 byte per weight)."""
+        """The finished binary masks of a task, as bool arrays (1 byte per weight).
+
+        Raises:
+          ValueError: a score is NaN or infinite (the mask would be meaningless).
+        """
+        for p, s in scores.items():
+            if not isinstance(s, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(s))):
+                raise ValueError(f"scores {p!r} hold NaN or inf: no mask can be derived")
         return {p: m.astype(bool) for p, m in self.mask_fn(scores).items()}
 
     # --------------------------------------------------------------------------- evaluation
@@ -345,6 +352,11 @@ class Trainer:
         check_data(self.network, images, labels, padded)
 
     def _check_masks(self, masks, *, stacked: bool) -> None:
+        if not isinstance(masks, Mapping):
+            raise TypeError(f"masks must be a mapping {{path: array}}, got {type(masks).__name__}")
+        for p, m in masks.items():
+            if not hasattr(m, "shape"):
+                raise TypeError(f"mask {p!r} must be an array, got {type(m).__name__}")
         if set(masks) != set(self.weights):
             raise ValueError(f"masks cover {sorted(masks)}; the masked weights are "
                              f"{sorted(self.weights)}")

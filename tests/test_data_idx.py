@@ -140,3 +140,11 @@ def test_count_mismatch(tmp_path):
     with pytest.raises(IdxFormatError, match="5 images but .* 4 labels") as err:
         load_idx_dataset(tmp_path, "mnist")
     assert str(tmp_path / "train-labels-idx1-ubyte.gz") in str(err.value)
+
+
+def test_label_beyond_the_classes(tmp_path):
+    write_idx_dataset(tmp_path, 5, 3)
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.array([0, 1, 200, 3, 4], np.uint8))
+    with pytest.raises(IdxFormatError, match="label 200 at index 2; fashion_mnist has 10") as err:
+        load_idx_dataset(tmp_path, "fashion_mnist")
+    assert str(tmp_path / "train-labels-idx1-ubyte.gz") in str(err.value)

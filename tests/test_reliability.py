@@ -101,6 +101,12 @@ BAD_INPUTS = [
     ("negative slot", lambda: BANK.task_masks(-1), IndexError, "task -1 is not a learned slot"),
     ("out-of-range slot stats", lambda: BANK.task_batch_stats(9), IndexError, "slots 0..2"),
     ("float slot", lambda: BANK.task_masks(1.5), TypeError, "integer slot index"),
+    ("NaN scores to masks", lambda: _trainer(NET).masks(
+        {p: jnp.full(s, jnp.nan) for p, s in BANK.shapes}), ValueError, "hold NaN or inf"),
+    ("list-of-lists masks to evaluate", lambda: _trainer(NET).evaluate(
+        {p: np.ones(s).tolist() for p, s in BANK.shapes}, {},
+        np.zeros((4, 28, 28, 1), np.uint8), np.zeros(4, np.int32)), TypeError,
+     "must be an array"),
 ]
 
 
@@ -133,6 +139,14 @@ def test_no_information_is_no_task_under_jit_never_task_0():
     assert int(inference.lowest(jnp.array([True, False]), jnp.zeros(2))) == 0  # one candidate
     assert int(inference.lowest(learned, jnp.array([1.0, jnp.inf, 0.0, 0.0]))) == -1
     assert int(inference.lowest(learned, jnp.full(4, 0.5))) == 0  # equal, not empty: ties
+
+
+def test_threshold_mask_of_a_nan_score_is_nan_not_a_pruned_weight():
+    from supsup_jax.masks import threshold_mask
+
+    m = np.asarray(threshold_mask(jnp.array([-1.0, 0.0, 2.0, jnp.nan])))
+    np.testing.assert_array_equal(m[:3], [0.0, 1.0, 1.0])
+    assert np.isnan(m[3])
 
 
 def test_load_bank_refuses_truncated_foreign_inconsistent_and_other_network_files(tmp_path):
@@ -247,6 +261,7 @@ def _cli(*args, timeout=300):
     (["--config.num_outputs=10"], 1, "superfluous output neurons"),
     (["--config.density=0.5"], 1, "config field density=0.5"),
     (["--config.steps=abc"], 2, "--config.steps=abc"),
+    (["--config.data_dir=/no/such/dir"], 1, "config field data_dir='/no/such/dir'"),
 ])
 def test_cli_prints_one_line_for_a_user_mistake(tmp_path, args, code, phrase, fashion_mnist):
     r = _cli(f"--workdir={tmp_path / 'w'}", *args)
