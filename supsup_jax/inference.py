@@ -33,6 +33,7 @@ import jax.numpy as jnp
 
 from supsup_jax import bank as bank_lib
 from supsup_jax import masking
+from supsup_jax.errors import NoTaskSignalError
 from supsup_jax.models.network import Network
 
 __all__ = [
@@ -144,18 +145,29 @@ def lowest_learned(bank: bank_lib.MaskBank, values: jax.Array, *,
     return lowest(bank.learned(), values, zero_is_no_signal=zero_is_no_signal)
 
 
-def _check_eager(network: Network, bank: bank_lib.MaskBank, x, weights) -> None:
-    # The checks that need values run only outside jit; under jit an empty bank or a NaN
-    # input gives NO_TASK instead.
+def _check_eager(network: Network, bank: bank_lib.MaskBank, x, weights) -> bool:
+    # The checks that need values run only outside jit (returns whether they did); under jit
+    # an empty bank or a NaN input gives NO_TASK instead.
     if not jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating):
         raise TypeError(f"x must be a float batch (preprocessed, e.g. normalised uint8 images), "
                         f"got {jnp.asarray(x).dtype}")
-    if not any(isinstance(a, jax.core.Tracer)
-               for a in jax.tree.leaves((bank, x, weights))):
-        check_inputs(network, bank, x)
-        if weights is not None and tuple(jnp.shape(weights)) != (x.shape[0],):
-            raise ValueError(f"weights have shape {tuple(jnp.shape(weights))}; the batch has "
-                             f"{x.shape[0]} examples")
+    if any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves((bank, x, weights))):
+        return False
+    check_inputs(network, bank, x)
+    if weights is not None and tuple(jnp.shape(weights)) != (x.shape[0],):
+        raise ValueError(f"weights have shape {tuple(jnp.shape(weights))}; the batch has "
+                         f"{x.shape[0]} examples")
+    return True
+
+
+def _answer(task: jax.Array, eager: bool) -> jax.Array:
+    # Outside jit, no information is an error that says why; under jit it is NO_TASK.
+    if eager and int(task) == NO_TASK:
+        raise NoTaskSignalError(
+            "the objective's gradient (or value) is the same for every learned task, or not "
+            "finite: the batch says nothing about its task (the G objective needs superfluous "
+            "output neurons, more outputs than classes)")
+    return task
 
 
 def masked_logits(network: Network, params: Any, masks, x) -> jax.Array:
@@ -203,10 +215,10 @@ def one_shot(network, params, bank, x, weights, objective, *, superposed=None,
     ``superposed``: ``bank.superpose(uniform_alpha(bank), bank)``, computed once per bank by
     callers that infer many batches. Returns :data:`NO_TASK` when the gradient carries no
     information (:func:`lowest`)."""
-    _check_eager(network, bank, x, weights)
+    eager = _check_eager(network, bank, x, weights)
     _, g = gradient(network, params, bank, uniform_alpha(bank), x, weights, objective,
                     superposed)
-    return lowest_learned(bank, g)
+    return _answer(lowest_learned(bank, g), eager)
 
 
 def halve(alive: jax.Array, g: jax.Array) -> jax.Array:
@@ -226,7 +238,7 @@ def binary(network, params, bank, x, weights, objective, *,
     index, so the loop always ends after ``ceil(log2 n)`` rounds on one learned task, or on
     :data:`NO_TASK` if a round's gradients carry no information (:func:`lowest`).
     """
-    _check_eager(network, bank, x, weights)
+    eager = _check_eager(network, bank, x, weights)
 
     def cond(carry):
         alive, ok = carry
@@ -241,7 +253,7 @@ def binary(network, params, bank, x, weights, objective, *,
 
     learned = bank.learned()
     alive, ok = jax.lax.while_loop(cond, body, (learned, jnp.any(learned)))
-    return jnp.where(ok, jnp.argmax(alive), NO_TASK).astype(jnp.int32)
+    return _answer(jnp.where(ok, jnp.argmax(alive), NO_TASK).astype(jnp.int32), eager)
 
 
 def gradient_descent(network, params, bank, x, weights, objective, *, lr: float = 200.0,
@@ -256,7 +268,7 @@ def gradient_descent(network, params, bank, x, weights, objective, *, lr: float 
       ``(task, steps)``: ``argmax alpha`` over learned tasks (:data:`NO_TASK` if a gradient
       carried no information, :func:`lowest`) and the number of gradients taken.
     """
-    _check_eager(network, bank, x, weights)
+    eager = _check_eager(network, bank, x, weights)
     learned = bank.learned()
 
     def confidence(alpha):
@@ -275,7 +287,7 @@ def gradient_descent(network, params, bank, x, weights, objective, *, lr: float 
     alpha, steps, ok = jax.lax.while_loop(
         cond, body, (uniform_alpha(bank), jnp.int32(0), jnp.any(learned)))
     task = jnp.argmax(jnp.where(learned, alpha, -jnp.inf))
-    return jnp.where(ok, task, NO_TASK).astype(jnp.int32), steps
+    return _answer(jnp.where(ok, task, NO_TASK).astype(jnp.int32), eager), steps
 
 
 def task_entropies(network, params, bank, x, weights, *, tasks_per_batch: int = 8):
@@ -294,9 +306,9 @@ def exhaustive(network, params, bank, x, weights, objective, *, tasks_per_batch:
     gradient carries the signal. :data:`NO_TASK` if an entropy is not finite.
     """
     del objective
-    _check_eager(network, bank, x, weights)
+    eager = _check_eager(network, bank, x, weights)
     values = task_entropies(network, params, bank, x, weights, tasks_per_batch=tasks_per_batch)
-    return lowest_learned(bank, values, zero_is_no_signal=False)
+    return _answer(lowest_learned(bank, values, zero_is_no_signal=False), eager)
 
 
 METHODS = {

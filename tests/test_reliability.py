@@ -16,7 +16,7 @@ from supsup_jax import inference, masking, models
 from supsup_jax import train as train_lib
 from supsup_jax.checkpoint import RunCheckpoints, WorkdirInUseError
 from supsup_jax.data import DataNotFoundError, load_dataset
-from supsup_jax.errors import ConfigError, TrainingDivergedError
+from supsup_jax.errors import ConfigError, NoTaskSignalError, TrainingDivergedError
 from supsup_jax.loop import StepLoop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -129,6 +129,10 @@ def test_no_information_is_no_task_under_jit_never_task_0():
     for m in METHODS:
         assert int(jax.jit(lambda x, m=m: m(NET, NET.params, BANK, x, W,
                                             inference.entropy))(nan)) == inference.NO_TASK
+    # Outside jit, the same is an error that says why.
+    for m in METHODS[:2]:
+        with pytest.raises(NoTaskSignalError, match="superfluous output neurons"):
+            m(NET, NET.params, BANK, X, W, g)
     # Under jit an empty bank cannot be checked eagerly: it gives NO_TASK, not 0.
     assert int(jax.jit(lambda b: inference.one_shot(NET, NET.params, b, X, W,
                                                     inference.entropy))(EMPTY)) == -1
