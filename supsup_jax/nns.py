@@ -22,7 +22,7 @@ Deliberate differences from the official ``trainers/nns.py`` (SPEC 1.7, 1.11 ite
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -32,7 +32,7 @@ from supsup_jax import bank as bank_lib
 from supsup_jax import inference, masking
 from supsup_jax import train as train_lib
 
-__all__ = ["NNsLearner", "novelty"]
+__all__ = ["NNsLearner", "NNsState", "novelty"]
 
 
 def novelty(network, params, bank, references, num_references, x, objective, eps):
@@ -72,9 +72,31 @@ def novelty(network, params, bank, references, num_references, x, objective, eps
     return is_new, best.astype(jnp.int32), p
 
 
+class NNsState(NamedTuple):
+    """What an NNs run has learned so far (a pytree; the learner itself holds none of it).
+
+    Attributes:
+      bank: the allocated masks, slots ``0..num_masks-1`` (capacity: the budget).
+      states: one :class:`~supsup_jax.train.TaskState` per allocated slot (its scores and its
+        optimiser state, kept for the whole run).
+      steps: optimiser steps taken per slot (the next batch key of each).
+      decisions: one record per novelty decision: masks at the time, new, best, confidence.
+    """
+
+    bank: bank_lib.MaskBank
+    states: tuple = ()
+    steps: tuple = ()
+    decisions: tuple = ()
+
+    @property
+    def num_masks(self) -> int:
+        return len(self.states)
+
+
 @dataclasses.dataclass
 class NNsLearner:
-    """Learns masks from an unlabelled stream of training blocks (SPEC 1.7).
+    """Learns masks from an unlabelled stream of training blocks (SPEC 1.7): ``init()`` gives
+    the first :class:`NNsState`, ``learn_block(state, images, labels)`` the next one.
 
     Args:
       trainer: a :class:`train.Trainer` with a threshold mask rule (its optimiser is used per
@@ -99,7 +121,6 @@ class NNsLearner:
         if self.budget < 1:
             raise ValueError(f"the mask budget must be >= 1, got {self.budget}")
         self._objective = inference.make_objective(self.objective, self.num_real)
-        self.bank = bank_lib.MaskBank.create(self.trainer.weights, capacity=self.budget)
         refs = bank_lib.MaskBank.create(self.trainer.weights,
                                         capacity=max(self.min_candidates - 1, 1))
         ref_key = jax.random.fold_in(self.key, 1)
@@ -107,55 +128,51 @@ class NNsLearner:
             scores = masking.init_scores(jax.random.fold_in(ref_key, r),
                                          self.trainer.network.params, self.trainer.is_masked)
             refs = refs.add(self.trainer.masks(scores))
-        self.references = refs
-        self.states: list[train_lib.TaskState] = []
-        self.steps: list[int] = []
-        self.decisions: list[dict[str, Any]] = []
+        self.references = refs  # fixed random masks, derived from the key: not state
         net = self.trainer.network
         self._novelty = jax.jit(lambda params, bank, refs, n_ref, x: novelty(
             net, params, bank, refs, n_ref, x, self._objective, self.eps))
 
-    @property
-    def num_masks(self) -> int:
-        return len(self.states)
+    def init(self) -> NNsState:
+        return NNsState(bank_lib.MaskBank.create(self.trainer.weights, capacity=self.budget))
 
-    def decide(self, images: np.ndarray) -> int | None:
+    def decide(self, state: NNsState, images: np.ndarray) -> tuple[NNsState, int | None]:
         """The slot to train on this batch (allocating a new one if the data is new), or None
         when the data is new but the budget is spent."""
-        if self.num_masks == 0:
-            return self._allocate()
-        n_ref = max(self.min_candidates - self.num_masks, 0)
+        if state.num_masks == 0:
+            return self._allocate(state)
+        n_ref = max(self.min_candidates - state.num_masks, 0)
         x = self.trainer.preprocess(jnp.asarray(images), None, False)
-        is_new, best, p = self._novelty(self.trainer.network.params, self.bank,
+        is_new, best, p = self._novelty(self.trainer.network.params, state.bank,
                                         self.references, jnp.int32(n_ref), x)
-        self.decisions.append({"masks": self.num_masks, "new": bool(is_new), "best": int(best),
-                               "p": float(p)})
+        state = state._replace(decisions=(*state.decisions, {
+            "masks": state.num_masks, "new": bool(is_new), "best": int(best), "p": float(p)}))
         if not bool(is_new):
-            return int(best)
-        return self._allocate() if self.num_masks < self.budget else None
+            return state, int(best)
+        return self._allocate(state) if state.num_masks < self.budget else (state, None)
 
-    def _allocate(self) -> int:
-        slot = self.num_masks
-        self.states.append(self.trainer.init_task(jax.random.fold_in(
-            jax.random.fold_in(self.key, 2), slot)))
-        self.steps.append(0)
-        self.bank = dataclasses.replace(self.bank, num_tasks=jnp.int32(slot + 1))
-        self._store(slot)
-        return slot
+    def _allocate(self, state: NNsState) -> tuple[NNsState, int]:
+        slot = state.num_masks
+        task = self.trainer.init_task(jax.random.fold_in(jax.random.fold_in(self.key, 2), slot))
+        bank = dataclasses.replace(state.bank, num_tasks=jnp.int32(slot + 1))
+        state = NNsState(bank, (*state.states, task), (*state.steps, 0), state.decisions)
+        return self._store(state, slot), slot
 
-    def _store(self, slot: int) -> None:
-        self.bank = self.bank.set_task(slot, self.trainer.masks(self.states[slot].scores))
+    def _store(self, state: NNsState, slot: int) -> NNsState:
+        masks = self.trainer.masks(state.states[slot].scores)
+        return state._replace(bank=state.bank.set_task(slot, masks))
 
-    def learn_block(self, images: np.ndarray, labels: np.ndarray) -> int | None:
+    def learn_block(self, state: NNsState, images: np.ndarray, labels: np.ndarray
+                    ) -> tuple[NNsState, int | None]:
         """One block of training batches, uint8 ``[c, B, *input_shape]`` and ``[c, B]``: decide
-        on its first batch, then train the chosen mask on all ``c`` batches. Returns the slot."""
-        slot = self.decide(images[0])
+        on its first batch, then train the chosen mask on all ``c`` batches. Returns the new
+        state and the slot trained (None: new data, budget spent, skipped)."""
+        state, slot = self.decide(state, images[0])
         if slot is None:
-            return None
+            return state, None
         key = jax.random.fold_in(jax.random.fold_in(self.key, 3), slot)
-        self.states[slot], _ = self.trainer.train_batches(self.states[slot], images, labels,
-                                                          key, self.steps[slot])
-        self.steps[slot] += len(images)
-        self._store(slot)
-        return slot
-
+        task, _ = self.trainer.train_batches(state.states[slot], images, labels, key,
+                                             state.steps[slot])
+        states = (*state.states[:slot], task, *state.states[slot + 1:])
+        steps = (*state.steps[:slot], state.steps[slot] + len(images), *state.steps[slot + 1:])
+        return self._store(state._replace(states=states, steps=steps), slot), slot

@@ -129,17 +129,18 @@ def run_nns(config, workdir, stream, trainer, ckpts):
                              objective=config.inference.objective,
                              num_real=stream.task(0).num_classes, eps=config.nns.eps)
     def restore(step, meta):
-        abstract = {"bank": learner.bank, "states": [trainer.init_task(jax.random.key(0))
+        abstract = {"bank": learned.bank, "states": [trainer.init_task(jax.random.key(0))
                                                      for _ in range(meta["num_masks"])]}
         return ckpts.restore_state(step, abstract)
 
+    learned = learner.init()
     start, meta, state = resume_point(config, ckpts, restore)
     rows: dict[str, dict] = {}
     wall: list[float] = []
     usage: list[list[int | None]] = []
     if meta is not None:
-        learner.bank, learner.states = state["bank"], list(state["states"])
-        learner.steps, learner.decisions = meta["steps"], meta["decisions"]
+        learned = nns.NNsState(state["bank"], tuple(state["states"]), tuple(meta["steps"]),
+                               tuple(meta["decisions"]))
         rows, wall, usage = meta["rows"], meta["wall"], meta["usage"]
     how = scenarios.TaskInference("one_shot", config.inference.objective,
                                   num_real=stream.task(0).num_classes, m=config.inference.m)
@@ -155,29 +156,31 @@ def run_nns(config, workdir, stream, trainer, ckpts):
         for s in range(0, steps, every):
             idx = it.index_chunk(s, min(every, steps - s))
             with _naming_the_task(t):
-                used.append(learner.learn_block(task.train_images[idx], task.train_labels[idx]))
+                learned, slot = learner.learn_block(learned, task.train_images[idx],
+                                                    task.train_labels[idx])
+            used.append(slot)
             bar.update(len(idx))
         bar.close()
         usage.append(used)
         if t + 1 in points:
-            rows[str(t)] = _nns_row(config, learner, stream, usage, t, how)
+            rows[str(t)] = _nns_row(config, trainer, learned.bank, stream, usage, t, how)
         wall.append(time.perf_counter() - t0)
         meta = {"config": record.comparable(config), "rows": rows, "wall": wall, "usage": usage,
-                "num_masks": learner.num_masks, "steps": learner.steps,
-                "decisions": learner.decisions}
-        ckpts.save(t + 1, {"bank": learner.bank, "states": learner.states}, meta)
-        res = record.results_dict(config, rows, wall, bank_bytes(learner.bank),
-                                  learner.num_masks)
+                "num_masks": learned.num_masks, "steps": list(learned.steps),
+                "decisions": list(learned.decisions)}
+        ckpts.save(t + 1, {"bank": learned.bank, "states": list(learned.states)}, meta)
+        res = record.results_dict(config, rows, wall, bank_bytes(learned.bank),
+                                  learned.num_masks)
         if distributed.is_primary():
             results.write_results(workdir, res)
         progress.task_done(f"task {t}: {steps / wall[-1]:.0f} steps/s, masks allocated "
-                           f"{learner.num_masks}")
+                           f"{learned.num_masks}")
     progress.close()
     return _finish(config, workdir, record.results_dict(
-        config, rows, wall, bank_bytes(learner.bank), learner.num_masks))
+        config, rows, wall, bank_bytes(learned.bank), learned.num_masks))
 
 
-def _nns_row(config, learner, stream, usage, t, how) -> dict:
+def _nns_row(config, trainer, bank, stream, usage, t, how) -> dict:
     # "Given" accuracy of a true task uses the slot the learner trained most on its data.
     gg, inferred = [], []
     for i in range(t + 1):
@@ -185,11 +188,11 @@ def _nns_row(config, learner, stream, usage, t, how) -> dict:
         slots = [s for s in usage[i] if s is not None]
         if slots:
             own = max(set(slots), key=slots.count)
-            gg.append(float(learner.trainer.evaluate(learner.bank.task_masks(own), {}, x, y)))
+            gg.append(float(trainer.evaluate(bank.task_masks(own), {}, x, y)))
         else:
             gg.append(None)
         r = scenarios.evaluate_unknown_task(
-            learner.trainer.network, learner.bank, x, y, None, how, learner.trainer.preprocess,
+            trainer.network, bank, x, y, None, how, trainer.preprocess,
             key(config, Stream.EVALUATION, t, i), batch_size=config.test_batch_size,
             shared_labels=True)
         inferred.append(r["accuracy"])
