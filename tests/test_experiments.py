@@ -93,10 +93,21 @@ def test_tiny_splitcifar100_on_mock_data(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_tiny_splitimagenet_on_mock_data(tmp_path, monkeypatch):
+    from supsup_jax import train as train_lib
+
     monkeypatch.delenv("SUPSUP_DATA_DIR", raising=False)
+    seen, original = [], train_lib.Trainer.train_task
+
+    def train_task(self, state, images, *args, **kwargs):
+        seen.append(type(images).__name__)
+        return original(self, state, images, *args, **kwargs)
+
+    monkeypatch.setattr(train_lib.Trainer, "train_task", train_task)
     with _mock(["imagenet2012"], 3000):
         res = train_and_evaluate(_config("gg_splitimagenet", "tiny"), tmp_path)
     _check_results(tmp_path, res)
+    # The full-size path: training reads lazily decoded images, never a numpy copy.
+    assert seen and set(seen) == {"LazySubset"}, seen
 
 
 def _run(workdir, *extra, **popen):

@@ -68,6 +68,10 @@ class LazySubset:
     def shape(self) -> tuple[int, ...]:
         return (len(self),) + tuple(self.images.shape[1:])
 
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.images.dtype)
+
     def __getitem__(self, index: Any) -> np.ndarray:
         """Returns ``images[indices[index]]``: one image for an int, a batch for an int array."""
         if isinstance(index, (int, np.integer)):

@@ -106,6 +106,10 @@ class TfdsImages:
     def shape(self) -> tuple[int, int, int, int]:
         return (len(self), self.size, self.size, 3)
 
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.uint8)
+
     def __len__(self) -> int:
         return len(self.source)
 

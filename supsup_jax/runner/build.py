@@ -46,7 +46,9 @@ def make_stream(config):
     ds = load_dataset(config.dataset, config.data_dir)
     ntr, nte = config.max_train_examples, config.max_test_examples
     if ntr > 0 or nte > 0:
-        cut = lambda a, n: a if n <= 0 else a[:n]  # noqa: E731
+        # Lazy images stay lazy (a LazySubset), as in the full-size run.
+        cut = lambda a, n: a if n <= 0 else (  # noqa: E731
+            a[:n] if isinstance(a, np.ndarray) else LazySubset(a, np.arange(min(n, len(a)))))
         ds = ds._replace(train_images=cut(ds.train_images, ntr),
                          train_labels=cut(ds.train_labels, ntr),
                          test_images=cut(ds.test_images, nte),
@@ -178,7 +180,10 @@ def test_data(config, stream, i):
     task = stream.task(i)
     cut = config.max_eval_examples
     x, y = task.test_images, task.test_labels
-    return (x[:cut], y[:cut]) if cut > 0 else (x, y)
+    x, y = (x[:cut], y[:cut]) if cut > 0 else (x, y)
+    if not isinstance(x, np.ndarray):  # a lazy test set is decoded once per evaluation row
+        x = np.asarray(x[np.arange(len(y))])
+    return x, y
 
 
 def eval_points(config) -> set[int]:
