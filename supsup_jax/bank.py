@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from supsup_jax import kernels
-from supsup_jax.masking import path_str
+from supsup_jax.masking import check_masks, path_str
 
 __all__ = [
     "MaskBank",
@@ -189,25 +189,17 @@ def _check_slot(bank: MaskBank, task) -> None:
 
 
 def _check_masks(bank: MaskBank, masks: Mapping[str, Any]) -> None:
-    if not isinstance(masks, Mapping):
-        raise TypeError(f"masks must be a mapping {{path: array}}, got {type(masks).__name__}")
-    expected = dict(bank.shapes)
-    if set(masks) != set(expected):
-        raise ValueError(f"masks cover {sorted(masks)}; the bank holds {sorted(expected)}")
-    for p, s in expected.items():
-        m = masks[p]
-        if not hasattr(m, "shape") or not hasattr(m, "dtype"):
-            raise TypeError(f"mask {p!r} must be an array, got {type(m).__name__}")
-        if tuple(m.shape) != s:
-            raise ValueError(f"mask {p!r} has shape {tuple(m.shape)}; the bank expects {s}")
+    check_masks(dict(bank.shapes), masks, against="the bank's layers")
+    for p, m in masks.items():
         if m.dtype == bool or isinstance(m, jax.core.Tracer):
             continue
         # A binary mask is bool or holds only 0 and 1; soft or NaN values would pack as ones.
         values = np.asarray(m)
-        if not np.all((values == 0) | (values == 1)):
-            bad = values[~((values == 0) | (values == 1))].reshape(-1)[:3]
-            raise ValueError(f"mask {p!r} is not binary: it holds {bad.tolist()} (a mask is "
-                             "bool, or 0/1 values; threshold soft masks first)")
+        binary = (values == 0) | (values == 1)
+        if not np.all(binary):
+            raise ValueError(f"mask {p!r} is not binary: it holds "
+                             f"{values[~binary].reshape(-1)[:3].tolist()} (a mask is bool, or "
+                             "0/1 values; threshold soft masks first)")
 
 
 def _unpack_row(row: jax.Array, shape) -> jax.Array:

@@ -16,6 +16,7 @@ Typical use::
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -177,6 +178,26 @@ def make_mask_fn(
 
         return fn
     raise ValueError(f"unknown mask rule {rule!r}; choose one of {masks_lib.MASK_RULES}")
+
+
+def check_masks(shapes: Mapping[str, tuple[int, ...]], masks: Any, *, stacked: bool = False,
+                against: str = "the masked weights") -> None:
+    """Raise one clear error unless ``masks`` is a mapping ``{path: array}`` with exactly the
+    paths of ``shapes`` and those shapes (after a leading task axis when ``stacked``).
+
+    ``against`` names what ``shapes`` describes in the message (e.g. "the bank")."""
+    if not isinstance(masks, Mapping):
+        raise TypeError(f"masks must be a mapping {{path: array}}, got {type(masks).__name__}")
+    for p, m in masks.items():
+        if not hasattr(m, "shape") or not hasattr(m, "dtype"):
+            raise TypeError(f"mask {p!r} must be an array, got {type(m).__name__}")
+    if set(masks) != set(shapes):
+        raise ValueError(f"masks cover {sorted(masks)}; {against} hold {sorted(shapes)}")
+    for p, s in shapes.items():
+        shape = tuple(masks[p].shape[1:] if stacked else masks[p].shape)
+        if shape != tuple(s):
+            raise ValueError(f"mask {p!r} has shape {tuple(masks[p].shape)}; {against} expect "
+                             f"{tuple(s)}" + (" (plus the task axis)" if stacked else ""))
 
 
 def check_scores(

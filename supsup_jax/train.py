@@ -14,6 +14,7 @@ preprocessing, data check) live in :mod:`supsup_jax.steps` and are re-exported h
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -107,8 +108,7 @@ class Trainer:
         self.loop = StepLoop(self.train_step, chunk_size=chunk_size, step_loop=self.step_loop)
         self._dp_mesh = self._dp_step = None
         self._evaluate = jax.jit(self._accuracy)
-        self._evaluate_tasks = jax.jit(
-            jax.vmap(self._accuracy, in_axes=(None, 0, 0, 0, 0)))
+        self._evaluate_tasks = jax.jit(self._task_accuracies)
         self._evaluate_bank = jax.jit(self._bank_accuracies)
 
     # ----------------------------------------------------------------------------- training
@@ -244,9 +244,8 @@ class Trainer:
         Raises:
           ValueError: a score is NaN or infinite (the mask would be meaningless).
         """
-        for p, s in scores.items():
-            if not isinstance(s, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(s))):
-                raise ValueError(f"scores {p!r} hold NaN or inf: no mask can be derived")
+        if not any(isinstance(s, jax.core.Tracer) for s in scores.values()):
+            masking.check_scores(self.weights, scores)
         return {p: m.astype(bool) for p, m in self.mask_fn(scores).items()}
 
     # --------------------------------------------------------------------------- evaluation
@@ -260,14 +259,22 @@ class Trainer:
 
         return evaluate_lib.accuracy(logits, images, labels, self.eval_batch_size)
 
+    def _over_tasks(self, fn, *xs):
+        # fn over the leading task axis of xs: one task after another on CPU, else one vmap.
+        if self.tasks_in_sequence:
+            return jax.lax.map(lambda a: fn(*a), xs)
+        return jax.vmap(fn)(*xs)
+
+    def _task_accuracies(self, params, masks, batch_stats, images, labels):
+        return self._over_tasks(functools.partial(self._accuracy, params), masks, batch_stats,
+                                images, labels)
+
     def _bank_accuracies(self, params, bank, tasks, images, labels):
         def one(t, x, y):
             stats = bank.task_batch_stats(t) if self.network.has_bn else self.network.batch_stats
             return self._accuracy(params, bank.task_masks(t), stats, x, y)
 
-        if self.tasks_in_sequence:
-            return jax.lax.map(lambda a: one(*a), (tasks, images, labels))
-        return jax.vmap(one)(tasks, images, labels)
+        return self._over_tasks(one, tasks, images, labels)
 
     def evaluate(self, masks, batch_stats, images, labels, *, params: Params | None = None):
         """GG accuracy of one task: argmax over all outputs of ``f(x; W * M)`` against labels.
@@ -288,7 +295,7 @@ class Trainer:
 
     def evaluate_tasks(self, masks, batch_stats, images, labels, *, params: Params | None = None):
         """GG accuracy of every task in one call, ``jax.vmap`` over the leading task axis
-        (a loop over tasks on CPU, where that is faster).
+        (``lax.map`` on CPU, where that is faster).
 
         Args:
           masks: ``{path: [T, ...]}`` stacked masks.
@@ -308,10 +315,6 @@ class Trainer:
                              f"{images.shape[0]}/{labels.shape[0]} tasks")
         for t in range(num):
             self._check_data(images[t], labels[t], padded=True)
-        if self.tasks_in_sequence:
-            return jnp.stack([self._evaluate(params, *take_task((masks, batch_stats, images,
-                                                                 labels), t))
-                              for t in range(num)])
         return self._evaluate_tasks(params, masks, batch_stats, images, labels)
 
     def evaluate_bank(self, bank, tasks, images, labels, *, params: Params | None = None):
@@ -352,17 +355,5 @@ class Trainer:
         check_data(self.network, images, labels, padded)
 
     def _check_masks(self, masks, *, stacked: bool) -> None:
-        if not isinstance(masks, Mapping):
-            raise TypeError(f"masks must be a mapping {{path: array}}, got {type(masks).__name__}")
-        for p, m in masks.items():
-            if not hasattr(m, "shape"):
-                raise TypeError(f"mask {p!r} must be an array, got {type(m).__name__}")
-        if set(masks) != set(self.weights):
-            raise ValueError(f"masks cover {sorted(masks)}; the masked weights are "
-                             f"{sorted(self.weights)}")
-        for p, w in self.weights.items():
-            shape = tuple(masks[p].shape[1:] if stacked else masks[p].shape)
-            if shape != tuple(w.shape):
-                raise ValueError(f"mask {p!r} has shape {tuple(masks[p].shape)}, weight "
-                                 f"{tuple(w.shape)}" + (" (plus the task axis)" if stacked else ""))
-
+        masking.check_masks({p: w.shape for p, w in self.weights.items()}, masks,
+                            stacked=stacked)

@@ -102,7 +102,7 @@ BAD_INPUTS = [
     ("out-of-range slot stats", lambda: BANK.task_batch_stats(9), IndexError, "slots 0..2"),
     ("float slot", lambda: BANK.task_masks(1.5), TypeError, "integer slot index"),
     ("NaN scores to masks", lambda: _trainer(NET).masks(
-        {p: jnp.full(s, jnp.nan) for p, s in BANK.shapes}), ValueError, "hold NaN or inf"),
+        {p: jnp.full(s, jnp.nan) for p, s in BANK.shapes}), ValueError, "contain NaN or inf"),
     ("list-of-lists masks to evaluate", lambda: _trainer(NET).evaluate(
         {p: np.ones(s).tolist() for p, s in BANK.shapes}, {},
         np.zeros((4, 28, 28, 1), np.uint8), np.zeros(4, np.int32)), TypeError,
