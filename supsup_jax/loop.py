@@ -45,10 +45,7 @@ class StepLoop:
     def __init__(self, step: Step, *, chunk_size: int = 100, step_loop: str = "scan"):
         if step_loop not in ("scan", "python"):
             raise ValueError(f"step_loop must be 'scan' or 'python', got {step_loop!r}")
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int | np.integer) or (
-                chunk_size < 1):
-            raise ValueError(f"chunk_size (steps per jitted call) must be an integer >= 1, "
-                             f"got {chunk_size!r}")
+        _check_int("chunk_size (steps per jitted call)", chunk_size, 1)
         self.step = step
         self.chunk_size = chunk_size
         self.step_loop = step_loop
@@ -91,13 +88,8 @@ class StepLoop:
         ``__getitem__(indices)``) and ``labels`` (int ``(N,)``), reshuffled per epoch from
         ``key``. ``on_chunk(steps_done, metrics)`` is called after each chunk. Returns the
         carry."""
-        if isinstance(num_steps, bool) or not isinstance(num_steps, int | np.integer) or (
-                num_steps < 0):
-            raise ValueError(f"num_steps must be an integer >= 0, got {num_steps!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or (
-                not 1 <= batch_size <= len(labels)):
-            raise ValueError(f"batch_size must be an integer in [1, {len(labels)}] (the "
-                             f"examples), got {batch_size!r}")
+        _check_int("num_steps", num_steps, 0)
+        _check_int("batch_size", batch_size, 1, len(labels))
         iterator = BatchIterator(len(labels), batch_size, key)
         # The chunks donate the carry: train a copy, so the caller's state stays usable.
         carry = jax.tree.map(jnp.copy, carry)
@@ -126,6 +118,13 @@ class StepLoop:
         if pending is not None:
             _raise_unless(*pending)
         return carry
+
+
+def _check_int(name: str, value, lo: int, hi: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < lo or (
+            hi is not None and value > hi):
+        allowed = f">= {lo}" if hi is None else f"in [{lo}, {hi}] (the examples)"
+        raise ValueError(f"{name} must be an integer {allowed}, got {value!r}")
 
 
 @jax.jit
