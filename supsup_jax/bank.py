@@ -136,6 +136,19 @@ class MaskBank:
         return dataclasses.replace(self, bits=jax.tree.map(pad, self.bits),
                                    batch_stats=jax.tree.map(pad, self.batch_stats))
 
+    def select(self, paths) -> MaskBank:
+        """The bank restricted to the masked layers ``paths`` (same slots and statistics), e.g.
+        to rank tasks by some layers' alpha-gradient only (:func:`supsup_jax.inference.
+        alpha_gradient`'s ``layers``)."""
+        paths = tuple(paths)
+        known = [p for p, _ in self.shapes]
+        unknown = sorted(set(paths) - set(known))
+        if unknown or not paths:
+            raise ValueError(f"layers {unknown or list(paths)} are not masked layers of this "
+                             f"bank; it holds {known}")
+        return dataclasses.replace(self, bits={p: self.bits[p] for p in paths},
+                                   shapes=tuple((p, s) for p, s in self.shapes if p in paths))
+
     def learned(self) -> jax.Array:
         """bool ``[capacity]``: which slots hold learned tasks."""
         return jnp.arange(self.capacity, dtype=self.num_tasks.dtype) < self.num_tasks

@@ -10,11 +10,16 @@ With every learned mask superposed, ``f(x; W * sum_i alpha_i M_i)`` (paper Eq. 2
   (the official loop can end with a stale or undefined answer, SPEC 1.11 item 2);
 * :func:`gradient_descent`: Eq. 3, ``alpha <- alpha - eta * grad``, until ``max softmax(alpha)``
   over the learned tasks exceeds a threshold or a step budget is spent;
-* :func:`exhaustive`: the objective under every mask on its own (``jax.lax.map`` with
-  ``batch_size`` vmapping chunks of tasks), lowest wins: the baseline.
+* :func:`exhaustive`: a score (H, or S) under every mask on its own (``jax.lax.map`` with
+  ``batch_size`` vmapping chunks of tasks), lowest wins: the baseline;
+* :func:`shortlist`: One-Shot's gradient names the ``size`` likeliest tasks and an objective
+  under each of their masks alone picks one: one gradient plus ``size`` forward passes, for
+  tasks alike enough that the gradient's first place is unreliable (rotations) while its top
+  few still hold the task.
 
-Objectives: :func:`entropy` (H, over all outputs, s-neurons included) and :func:`g_objective`
-(G: ``logsumexp`` with the gradient stopped on the real neurons, SPEC 1.6 / paper Lemma 1).
+Objectives: :func:`entropy` (H, over all outputs, s-neurons included), :func:`g_objective`
+(G: ``logsumexp`` with the gradient stopped on the real neurons, SPEC 1.6 / paper Lemma 1) and
+:func:`superfluous_mass` (S: the log-probability on the superfluous neurons, not in the paper).
 Each takes per-example weights, so "the first m images decide" (m=1 or the full batch, paper
 section 4.2) and padding are the same mechanism.
 
@@ -54,9 +59,11 @@ __all__ = [
     "make_objective",
     "masked_logits",
     "one_shot",
+    "shortlist",
+    "superfluous_mass",
     "superposed_logits",
-    "task_entropies",
     "task_logits",
+    "task_values",
     "uniform_alpha",
 ]
 
@@ -92,17 +99,36 @@ def g_objective(logits: jax.Array, weights: jax.Array, num_real: int) -> jax.Arr
     return _weighted_mean(jax.nn.logsumexp(z, axis=-1), weights)
 
 
-OBJECTIVES = ("h", "g")
+def superfluous_mass(logits: jax.Array, weights: jax.Array, num_real: int) -> jax.Array:
+    """S: weighted mean of ``log sum_{c >= num_real} softmax(z)_c``, the log-probability the
+    network puts on the superfluous neurons.
+
+    G's exact counterpart: G's gradient lowers the s-neurons' logits (Lemma 1), and a mask
+    trained on the input's task puts almost no mass there. Scale-free, so its value under
+    different masks compares (the rerank score of :func:`shortlist`); needs ``logits`` wider
+    than ``num_real``.
+    """
+    if logits.shape[-1] <= num_real:
+        raise ValueError(f"the S objective needs superfluous output neurons: {logits.shape[-1]} "
+                         f"outputs for {num_real} real classes")
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return _weighted_mean(jax.nn.logsumexp(logp[..., num_real:], axis=-1), weights)
+
+
+OBJECTIVES = ("h", "g", "s")
 
 
 def make_objective(name: str, num_real: int | None = None) -> Objective:
-    """``"h"`` (entropy) or ``"g"`` (needs ``num_real``, the number of real classes)."""
+    """``"h"`` (entropy), ``"g"`` or ``"s"`` (both need ``num_real``, the number of real
+    classes)."""
     if name == "h":
         return entropy
-    if name == "g":
+    if name in ("g", "s"):
         if not num_real or num_real < 1:
-            raise ValueError("the G objective needs num_real, the number of real output neurons")
-        return functools.partial(g_objective, num_real=num_real)
+            raise ValueError(f"the {name.upper()} objective needs num_real, the number of real "
+                             "output neurons")
+        return functools.partial(g_objective if name == "g" else superfluous_mass,
+                                 num_real=num_real)
     raise ValueError(f"unknown objective {name!r}; choose one of {OBJECTIVES}")
 
 
@@ -195,16 +221,31 @@ def task_logits(network: Network, params: Any, bank: bank_lib.MaskBank, task, x)
 
 
 def alpha_gradient(network, params, bank, alpha, x, weights, objective: Objective,
-                   superposed=None, grad_rows=None):
+                   superposed=None, grad_rows=None, *, layers=None):
     """``(objective, d objective / d alpha)`` at ``alpha``; the gradient is float32 ``[capacity]``.
 
     Per layer ``g_i = <M_i, dL/dW_eff * W>`` (SPEC 6), computed from the packed bits for the
-    learned slots (or only ``grad_rows``; 0 elsewhere). ``superposed`` optionally gives the
-    precomputed ``sum_i alpha_i M_i``. The methods below take any function of this signature as
-    ``gradient`` (e.g. :func:`supsup_jax.sharding.sharded_gradient`).
+    learned slots (or only ``grad_rows``; 0 elsewhere), summed over every masked layer or only
+    over the paths ``layers`` (the others still superposed, but their terms left out).
+    ``superposed`` optionally gives the precomputed ``sum_i alpha_i M_i``. The methods below take
+    any function of this signature as ``gradient`` (e.g.
+    :func:`supsup_jax.sharding.sharded_gradient`, or this one with ``layers`` bound).
     """
-    f = lambda a: objective(superposed_logits(network, params, bank, a, x, superposed,
-                                              grad_rows), weights)
+    if layers is None:
+        f = lambda a: objective(superposed_logits(network, params, bank, a, x, superposed,
+                                                  grad_rows), weights)
+        return jax.value_and_grad(f)(alpha)
+    live = bank.select(layers)
+    rest = [p for p, _ in bank.shapes if p not in live.bits]
+    part = lambda paths: None if superposed is None else {p: superposed[p] for p in paths}
+
+    def f(a):
+        # The other layers' superposition enters as a constant: no backward pass over their bits.
+        masks = bank_lib.superpose(jax.lax.stop_gradient(a), bank.select(rest), part(rest)
+                                   ) if rest else {}
+        masks.update(bank_lib.superpose(a, live, part(live.bits), grad_rows))
+        return objective(masked_logits(network, params, masks, x), weights)
+
     return jax.value_and_grad(f)(alpha)
 
 
@@ -290,25 +331,60 @@ def gradient_descent(network, params, bank, x, weights, objective, *, lr: float 
     return _answer(jnp.where(ok, task, NO_TASK).astype(jnp.int32), eager), steps
 
 
-def task_entropies(network, params, bank, x, weights, *, tasks_per_batch: int = 8):
-    """float ``[capacity]``: the entropy H of ``x`` under every slot's mask on its own
+def task_values(network, params, bank, x, weights, score: Objective = None, *,
+                tasks_per_batch: int = 8):
+    """float ``[capacity]``: ``score`` (default H) of ``x`` under every slot's mask on its own
     (:func:`task_logits`; ``jax.lax.map`` vmapping ``tasks_per_batch`` slots at a time, so
     memory holds that many unpacked masks)."""
-    value = lambda t: entropy(task_logits(network, params, bank, t, x), weights)
+    score = entropy if score is None else score
+    value = lambda t: score(task_logits(network, params, bank, t, x), weights)
     return jax.lax.map(value, jnp.arange(bank.capacity), batch_size=tasks_per_batch)
 
 
-def exhaustive(network, params, bank, x, weights, objective, *, tasks_per_batch: int = 8):
-    """Try every mask on its own and pick the learned task with the lowest entropy H.
+def exhaustive(network, params, bank, x, weights, objective, *, score: Objective = None,
+               tasks_per_batch: int = 8):
+    """Try every mask on its own and pick the learned task with the lowest ``score``: H by
+    default, or e.g. :func:`superfluous_mass`.
 
-    BN networks use each task's running statistics. ``objective`` is ignored: the score is
-    always H, because G's *value* (a logsumexp over every logit) does not rank tasks; only its
-    gradient carries the signal. :data:`NO_TASK` if an entropy is not finite.
+    BN networks use each task's running statistics. ``objective`` (a gradient objective) is
+    ignored: G's *value* (a logsumexp over every logit) does not rank tasks; only its gradient
+    carries the signal. :data:`NO_TASK` if a value is not finite.
     """
     del objective
     eager = _check_eager(network, bank, x, weights)
-    values = task_entropies(network, params, bank, x, weights, tasks_per_batch=tasks_per_batch)
+    values = task_values(network, params, bank, x, weights, score,
+                         tasks_per_batch=tasks_per_batch)
     return _answer(lowest_learned(bank, values, zero_is_no_signal=False), eager)
+
+
+def shortlist(network, params, bank, x, weights, objective, *, size: int = 16,
+              rerank: Objective = entropy, superposed=None,
+              gradient: GradientFn = alpha_gradient) -> jax.Array:
+    """One-Shot's ``size`` best-ranked learned tasks, re-ranked exactly by ``rerank`` (e.g.
+    :func:`superfluous_mass`, or H) of ``x`` under each of their masks on its own
+    (:func:`task_logits`, BN tasks with their running statistics); the lowest wins.
+
+    The gradient of ``objective`` at uniform alpha ranks all ``k`` tasks at the cost of one
+    forward and backward pass (Eq. 4; ``gradient`` may leave layers out, see
+    :func:`alpha_gradient`); ``rerank`` ranks as :func:`exhaustive` does, at one forward pass
+    per shortlisted task: one gradient plus ``size`` forward passes in all. With ``size >= k``
+    this is :func:`exhaustive` with ``rerank``. Returns :data:`NO_TASK` if the gradient carries
+    no information (unless every learned task is shortlisted) or a rerank value is not finite.
+    """
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"shortlist size must be an integer >= 1, got {size!r}")
+    eager = _check_eager(network, bank, x, weights)
+    _, g = gradient(network, params, bank, uniform_alpha(bank), x, weights, objective,
+                    superposed)
+    learned = bank.learned()
+    r = min(size, bank.capacity)
+    # top_k of -g: the r smallest gradients, ties to the lower slot; unlearned slots last.
+    _, cand = jax.lax.top_k(-jnp.where(learned, g, jnp.inf), r)
+    value = lambda t: rerank(task_logits(network, params, bank, t, x), weights)
+    best = lowest(learned[cand], jax.lax.map(value, cand), zero_is_no_signal=False)
+    informed = (lowest_learned(bank, g) != NO_TASK) | (jnp.sum(learned) <= r)
+    task = jnp.where(informed & (best != NO_TASK), cand[jnp.maximum(best, 0)], NO_TASK)
+    return _answer(task.astype(jnp.int32), eager)
 
 
 METHODS = {
@@ -316,6 +392,7 @@ METHODS = {
     "binary": binary,
     "exhaustive": exhaustive,
     "gradient_descent": lambda *a, **k: gradient_descent(*a, **k)[0],
+    "shortlist": shortlist,
 }
 
 

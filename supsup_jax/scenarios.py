@@ -36,11 +36,17 @@ class TaskInference:
 
     Attributes:
       method: one of ``inference.METHODS`` (``"one_shot"``, ``"binary"``, ``"exhaustive"``,
-        ``"gradient_descent"``).
-      objective: ``"h"`` or ``"g"``.
-      num_real: real classes (the G objective's real neurons).
+        ``"gradient_descent"``, ``"shortlist"``).
+      objective: ``"h"``, ``"g"`` or ``"s"`` (``inference.OBJECTIVES``), whose gradient ranks.
+      num_real: real classes (the G and S objectives' real neurons).
       m: the first ``m`` images of a batch decide its task (ignored with ``per_example``).
       per_example: infer the task of every image on its own (``vmap``).
+      shortlist: tasks the ``"shortlist"`` method re-ranks.
+      rerank: the objective whose value under each mask alone ranks tasks for ``"shortlist"``
+        and ``"exhaustive"``: ``"s"`` (measured best, RESULTS.md; needs superfluous neurons)
+        or ``"h"``.
+      layers: masked-layer paths whose alpha-gradient terms rank the tasks (``None``: all),
+        for the gradient methods (``inference.alpha_gradient``'s ``layers``).
     """
 
     method: str = "one_shot"
@@ -48,6 +54,9 @@ class TaskInference:
     num_real: int = 10
     m: int = 1
     per_example: bool = False
+    shortlist: int = 16
+    rerank: str = "s"
+    layers: tuple[str, ...] | None = None
 
     def __post_init__(self):
         if self.method not in inference.METHODS:
@@ -56,11 +65,23 @@ class TaskInference:
         inference.make_objective(self.objective, self.num_real)
         if self.m < 1:
             raise ValueError(f"m (images that decide a batch) must be >= 1, got {self.m}")
+        if isinstance(self.shortlist, bool) or not isinstance(self.shortlist, int) \
+                or self.shortlist < 1:
+            raise ValueError(f"shortlist must be an integer >= 1, got {self.shortlist!r}")
+        inference.make_objective(self.rerank, self.num_real)
+        if self.layers is not None:
+            if not isinstance(self.layers, tuple) or not self.layers \
+                    or not all(isinstance(p, str) for p in self.layers):
+                raise ValueError(f"layers must be a non-empty tuple of masked-layer paths, or "
+                                 f"None for all, got {self.layers!r}")
+            if self.method == "exhaustive":
+                raise ValueError("layers selects the gradient's terms; exhaustive uses no "
+                                 "gradient")
 
     def precompute(self, bank: bank_lib.MaskBank):
         """Per-bank work every batch shares: One-Shot's uniform superposition ``sum_i M_i / k``
-        (the same for every batch), ``None`` for the other methods."""
-        if self.method != "one_shot":
+        (the same for every batch) for One-Shot and the shortlist, ``None`` otherwise."""
+        if self.method not in ("one_shot", "shortlist"):
             return None
         return bank_lib.superpose(inference.uniform_alpha(bank), bank)
 
@@ -69,6 +90,14 @@ class TaskInference:
 
         ``precomputed``: :meth:`precompute` of this bank, computed once for many batches."""
         method = inference.METHODS[self.method]
+        score = inference.make_objective(self.rerank, self.num_real)
+        if self.method == "shortlist":
+            method = functools.partial(method, size=self.shortlist, rerank=score)
+        elif self.method == "exhaustive":
+            method = functools.partial(method, score=score)
+        if self.layers is not None:
+            method = functools.partial(method, gradient=functools.partial(
+                inference.alpha_gradient, layers=self.layers))
         if precomputed is not None:
             method = functools.partial(method, superposed=precomputed)
         objective = inference.make_objective(self.objective, self.num_real)

@@ -153,12 +153,13 @@ def sharded_binary(network, params, bank, x, weights, objective, mesh, axis="tas
                             gradient=sharded_gradient(mesh, axis))
 
 
-def sharded_exhaustive(network, params, bank, x, weights, mesh, axis="tasks"):
-    """Exhaustive (lowest H) on a task-sharded bank: each device scores its own tasks."""
+def sharded_exhaustive(network, params, bank, x, weights, mesh, axis="tasks", *, score=None):
+    """Exhaustive (lowest ``score``, default H) on a task-sharded bank: each device scores its
+    own tasks (same answer as :func:`inference.exhaustive`)."""
 
     def local(bits, stats, params, x, weights):
-        return inference.task_entropies(network, params, _local_bank(bank, bits, stats), x,
-                                        weights)
+        return inference.task_values(network, params, _local_bank(bank, bits, stats), x,
+                                     weights, score)
 
     fn = jax.shard_map(local, mesh=mesh, in_specs=(P(axis), P(axis), P(), P(), P()),
                        out_specs=P(axis), check_vma=False)

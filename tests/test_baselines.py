@@ -216,7 +216,7 @@ def test_upper_bound_keeps_each_tasks_model():
 
 
 # ------------------------------------------------------------------- BatchE One-Shot
-def test_batche_one_shot_is_argmin_of_hand_computed_entropy_gradient():
+def test_batche_one_shot_and_shortlist_against_a_hand_computed_entropy_gradient():
     net = _mlp()
     method = baselines.BatchE(net, 4)
     state = method.init(jax.random.key(2))
@@ -242,6 +242,20 @@ def test_batche_one_shot_is_argmin_of_hand_computed_entropy_gradient():
             got = batche_lib.one_shot(method, state, k, jnp.asarray(x),
                                       jnp.asarray(weights, jnp.float32), inference.entropy)
             assert int(got) == want
+            # The shortlist: the `size` smallest gradients (ties by index) re-ranked by the
+            # entropy of x under each task's own rank-one kernel, L_i alone.
+            q = np.exp(each - each.max(-1, keepdims=True))
+            q /= q.sum(-1, keepdims=True)
+            h = (-(q * np.log(q)).sum(-1) * weights).sum(-1) / weights.sum()
+            for size in (1, 2, 3, 8):
+                cand = sorted(range(k), key=lambda i: (g[i], i))[:size]
+                got = batche_lib.shortlist(method, state, {}, k, jnp.asarray(x),
+                                           jnp.asarray(weights, jnp.float32), inference.entropy,
+                                           size)
+                assert int(got) == min(cand, key=lambda i: (h[i], i)), (seed, k, size)
+    with pytest.raises(ValueError, match="shortlist size"):
+        batche_lib.shortlist(method, state, {}, 3, jnp.asarray(x), jnp.ones(4), inference.entropy,
+                             0)
 
 
 # ------------------------------------------------------------------------------ bad input
@@ -281,6 +295,10 @@ def test_bad_method_input_errors():
         compare_permuted.get_config("psp,randw")
     with pytest.raises(ValueError, match="pick one method"):
         compare_permuted.get_config("psp,batche")
+    with pytest.raises(ValueError, match="shortlist variant needs oneshot"):
+        compare_permuted.get_config("batche,shortlist")
+    with pytest.raises(ValueError, match="do not apply to psp"):
+        compare_permuted.get_config("psp,shortlist")
     with pytest.raises(ValueError, match="randw applies"):
         gg_splitcifar100.get_config("upper_bound,randw")
 
@@ -340,7 +358,8 @@ def test_batche_on_a_convnet_with_per_task_bn():
 
 # ---------------------------------------------------------------- the runner, end to end
 _RUNNER_CASES = [
-    ("batche", {}), ("batche", {"rand_w": True}), ("batche", {"oneshot": True}), ("psp", {}),
+    ("batche", {}), ("batche", {"rand_w": True}), ("batche", {"oneshot": True}),
+    ("batche", {"oneshot": True, "shortlist": True}), ("psp", {}),
     ("psp", {"psp_context": "binary"}), ("separate_heads", {}),
     ("separate_heads", {"rand_w": True}), ("lower_bound", {}), ("upper_bound", {}),
 ]
@@ -350,6 +369,8 @@ def _tiny_config(method, opts):
     variants = "tiny,fashion,lenet," + ("psp" if method == "psp" else "batche")
     if opts.get("oneshot"):
         variants += ",oneshot"
+    if opts.get("shortlist"):
+        variants += ",shortlist"
     c = compare_permuted.get_config(variants)
     c.method = method
     c.rand_w = opts.get("rand_w", False)

@@ -47,6 +47,7 @@ def _check_results(workdir, res):
     ("gnu_2500", "tiny,fashion"),
     ("gnu_2500", "tiny,fashion,nns"),
     ("gnu_rotated", "tiny,fashion"),
+    ("gnu_rotated", "tiny,fashion,shortlist"),
     ("output_size", "tiny,fashion,s25,g"),
     ("gns_permuted", "tiny,fashion"),
     ("split_mnist", "tiny,fashion"),

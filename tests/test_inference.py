@@ -1,5 +1,8 @@
 """Task inference on trained masks, against independent references."""
 
+import dataclasses
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +12,7 @@ from supsup_jax import bank as bank_lib
 from supsup_jax import inference, masking, models, scenarios
 from supsup_jax import train as train_lib
 from supsup_jax.data import PermutedStream
+from supsup_jax.errors import NoTaskSignalError
 
 NUM_TASKS = 3
 
@@ -121,6 +125,152 @@ def test_binary_equals_a_python_loop_over_full_gradients(trained, objective):
             assert got == alive[0], (t, first, got, alive)
 
 
+def _np_log_softmax(logits):
+    z = logits - logits.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def _np_entropy(logits, w):
+    logp = _np_log_softmax(logits)
+    h = -(np.exp(logp) * logp).sum(-1)
+    return float((h * w).sum() / w.sum())
+
+
+def _np_superfluous(logits, w, num_real=10):
+    s = np.log(np.exp(_np_log_softmax(logits))[:, num_real:].sum(-1))
+    return float((s * w).sum() / w.sum())
+
+
+def test_superfluous_mass_against_numpy():
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(6, 14)).astype(np.float32) * 3
+    w = np.array([1, 0, 1, 1, 0, 1], np.float32)
+    obj = inference.make_objective("s", 10)
+    np.testing.assert_allclose(float(obj(jnp.asarray(z), jnp.asarray(w))),
+                               _np_superfluous(z.astype(np.float64), w), rtol=1e-5)
+    with pytest.raises(ValueError, match="superfluous output neurons: 10 outputs"):
+        obj(jnp.asarray(z[:, :10]), jnp.asarray(w))
+    with pytest.raises(ValueError, match="S objective needs num_real"):
+        inference.make_objective("s")
+
+
+def _stacked(bank):
+    return {p: jnp.stack([bank_lib.unpack_task(bank, i)[p] for i in range(bank.capacity)])
+            for p, _ in bank.shapes}
+
+
+def test_layer_restricted_gradient_equals_per_layer_float_reference(trained):
+    # Reference: one alpha per layer over explicitly stacked float masks; the gradient w.r.t.
+    # a layer's alpha is that layer's term, and the terms of the chosen layers sum.
+    net, bank, tasks, preprocess, _ = trained
+    x = _x(tasks, preprocess, 1, 16)
+    w = inference.first_m_weights(16, 16)
+    obj = inference.make_objective("s", 10)
+    stacked = _stacked(bank)
+    alpha = inference.uniform_alpha(bank)
+
+    def f(per_layer):
+        sup = {p: jnp.einsum("t,t...->...", per_layer[p], m) for p, m in stacked.items()}
+        return obj(net.apply(masking.mask_params(net.params, sup), {}, x, False)[0], w)
+
+    terms = jax.grad(f)({p: alpha for p in stacked})
+    paths = [p for p, _ in bank.shapes]
+    sup = bank_lib.superpose(alpha, bank)
+    for chosen in ([paths[0]], [paths[0], paths[2]], paths):
+        want = sum(np.asarray(terms[p]) for p in chosen)
+        for pre in (None, sup):
+            _, got = inference.alpha_gradient(net, net.params, bank, alpha, x, w, obj, pre,
+                                              layers=tuple(chosen))
+            np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-6)
+    _, total = inference.alpha_gradient(net, net.params, bank, alpha, x, w, obj)
+    np.testing.assert_allclose(np.asarray(total), sum(np.asarray(t) for t in terms.values()),
+                               rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match=r"\['layers/9/kernel'\] are not masked layers"):
+        inference.alpha_gradient(net, net.params, bank, alpha, x, w, obj,
+                                 layers=("layers/9/kernel",))
+    with pytest.raises(ValueError, match="not masked layers"):
+        bank.select(())
+
+
+@pytest.mark.parametrize("objective,size,rerank", [
+    ("h", 1, "s"), ("g", 2, "s"), ("minus_h", 2, "h"), ("minus_h", 3, "s"), ("h", 8, "h"),
+    ("g", 3, "h")])
+def test_shortlist_equals_a_hand_written_rerank(trained, objective, size, rerank):
+    # Reference: every gradient from explicitly stacked float masks (all layers, or the first
+    # one only), the `size` smallest (ties by index) re-ranked by a numpy H or S of each float
+    # mask's logits. "minus_h" ranks tasks worst-first, so the re-ranking, not the gradient,
+    # must find the answer.
+    net, bank, tasks, preprocess, _ = trained
+    obj = (lambda lg, w: -inference.entropy(lg, w)) if objective == "minus_h" else (
+        inference.make_objective(objective, 10))
+    np_rerank = _np_entropy if rerank == "h" else _np_superfluous
+    masks = [bank_lib.unpack_task(bank, i) for i in range(NUM_TASKS)]
+    stacked = _stacked(bank)
+    first = bank.shapes[0][0]
+
+    def f(a, x, w, layers):
+        sup = {p: jnp.einsum("t,t...->...", a if p in layers else jax.lax.stop_gradient(a), m)
+               for p, m in stacked.items()}
+        return obj(net.apply(masking.mask_params(net.params, sup), {}, x, False)[0], w)
+
+    for layers in (None, (first,)):
+        how = scenarios.TaskInference("shortlist", "h", shortlist=size, rerank=rerank,
+                                      layers=layers)
+        gradient = functools.partial(inference.alpha_gradient, layers=layers)
+        for t in range(NUM_TASKS):
+            for start in (0, 3):
+                x = _x(tasks, preprocess, t)[start:start + 8]
+                w = np.asarray(inference.first_m_weights(8, 1))
+                g = np.asarray(jax.grad(f)(inference.uniform_alpha(bank), x, jnp.asarray(w),
+                                           layers or tuple(stacked)))
+                cand = sorted(range(NUM_TASKS), key=lambda i: (g[i], i))[:size]
+                v = {i: np_rerank(np.asarray(net.apply(masking.mask_params(
+                    net.params, masks[i]), {}, x, False)[0], np.float64), w) for i in cand}
+                want = min(cand, key=lambda i: (v[i], i))
+                got = int(inference.shortlist(net, net.params, bank, x, jnp.asarray(w), obj,
+                                              size=size, gradient=gradient,
+                                              rerank=inference.make_objective(rerank, 10)))
+                assert got == want, (layers, t, start, got, want, g, v)
+                if objective == "h":  # the same through TaskInference, with the precomputed sum
+                    sup = how.precompute(bank)
+                    assert int(how.infer(net, net.params, bank, x, None, sup)) == want
+    if size >= NUM_TASKS:  # every task shortlisted: Exhaustive's answer
+        x = _x(tasks, preprocess, 1)[:8]
+        w = inference.first_m_weights(8, 1)
+        re = inference.make_objective(rerank, 10)
+        assert int(inference.shortlist(net, net.params, bank, x, w, obj, size=size,
+                                       rerank=re)) == int(
+            inference.exhaustive(net, net.params, bank, x, w, re))
+
+
+def test_shortlist_without_gradient_signal_is_no_task(trained):
+    # G without superfluous neurons has a gradient of exactly 0: a shortlist of 2 of the 3
+    # tasks would be the first two slots, a plausible wrong answer.
+    net, bank, tasks, preprocess, _ = trained
+    x = _x(tasks, preprocess, 2, 8)
+    w = inference.first_m_weights(8, 1)
+    zero = lambda lg, w: 0.0 * jnp.sum(lg)  # noqa: E731
+    with pytest.raises(NoTaskSignalError):
+        inference.shortlist(net, net.params, bank, x, w, zero, size=2)
+    assert int(jax.jit(lambda x: inference.shortlist(net, net.params, bank, x, w, zero,
+                                                     size=2))(x)) == inference.NO_TASK
+    # With every task shortlisted the entropies alone decide.
+    assert int(inference.shortlist(net, net.params, bank, x, w, zero, size=3)) == int(
+        inference.exhaustive(net, net.params, bank, x, w, zero))
+    for bad in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match="shortlist"):
+            inference.shortlist(net, net.params, bank, x, w, zero, size=bad)
+        with pytest.raises(ValueError, match="shortlist"):
+            scenarios.TaskInference("shortlist", shortlist=bad)
+    with pytest.raises(ValueError, match="unknown objective 'x'"):
+        scenarios.TaskInference("shortlist", rerank="x")
+    for bad in ((), ["layers/0/kernel"], "layers/0/kernel", (0,)):
+        with pytest.raises(ValueError, match="layers must be a non-empty tuple"):
+            scenarios.TaskInference("shortlist", layers=bad)
+    with pytest.raises(ValueError, match="exhaustive uses no gradient"):
+        scenarios.TaskInference("exhaustive", layers=("layers/0/kernel",))
+
+
 def test_one_shot_never_picks_an_unlearned_slot(trained):
     net, bank, tasks, preprocess, _ = trained
     x = _x(tasks, preprocess, 0)
@@ -229,3 +379,55 @@ def test_precomputed_uniform_superposition_gives_the_same_gradient(trained):
     np.testing.assert_array_equal(np.asarray(g1), np.asarray(g2))
     assert int(inference.one_shot(net, net.params, bank, x, w, obj, superposed=sup)) == int(
         inference.one_shot(net, net.params, bank, x, w, obj))
+
+
+def test_diagnosis_agrees_with_the_library_rules(trained):
+    # experiments/inference_diagnosis.py derives every rule's accuracy from per-image gradient
+    # terms and objective values; each must equal the library rule run image by image (m=1,
+    # per_example) and batch by batch (the mean over the batch), and the rank histograms must
+    # count every image once.
+    from experiments import inference_diagnosis
+
+    net, bank, tasks, preprocess, _ = trained
+
+    class Stream:
+        def task(self, t):
+            return tasks[t]
+
+    n, batch = 12, 6
+    d = inference_diagnosis.diagnose(net, bank, Stream(), preprocess, n=n, batch=batch)
+    assert d["num_tasks"] == NUM_TASKS and len(d["density"]) == NUM_TASKS
+    for i, dens in enumerate(d["density"]):
+        masks = bank_lib.unpack_task(bank, i)
+        assert dens == pytest.approx(np.mean([float(jnp.mean(m)) for m in masks.values()]))
+    xs = [_x(tasks, preprocess, t, n) for t in range(NUM_TASKS)]
+
+    def accuracy(how_m1):
+        how_b = dataclasses.replace(how_m1, per_example=False, m=batch)
+        m1 = np.mean([np.asarray(how_m1.infer(net, net.params, bank, x, None)) == t
+                      for t, x in enumerate(xs)])
+        full = np.mean([int(how_b.infer(net, net.params, bank, x[b:b + batch], None)) == t
+                        for t, x in enumerate(xs) for b in range(0, n, batch)])
+        return float(m1), float(full)
+
+    first = d["layers"][0]
+    for o, name, layers in (("h", "all", None), ("s", first, (first,))):
+        r = d[o][name]
+        got = accuracy(scenarios.TaskInference("one_shot", o, per_example=True,
+                                               layers=layers))
+        assert (r["one_shot_m1"], r["one_shot_full_batch"]) == pytest.approx(got), (o, name)
+        assert sum(r["true_rank_m1"]) == NUM_TASKS * n
+        assert r["true_rank_m1"][0] == round(r["one_shot_m1"] * NUM_TASKS * n)
+        assert [sum(row) for row in r["confusion_m1"]] == [n] * NUM_TASKS
+        for size, re in ((2, "s"), (3, "h")):
+            got = accuracy(scenarios.TaskInference("shortlist", o, per_example=True,
+                                                   layers=layers, shortlist=size, rerank=re))
+            want = (r[f"shortlist_{re}_m1"][size], r[f"shortlist_{re}_full_batch"][size])
+            assert want == pytest.approx(got), (o, name, size, re)
+    for re in ("h", "s"):
+        got = accuracy(scenarios.TaskInference("exhaustive", rerank=re, per_example=True))
+        assert (d["exhaustive"][re]["m1"], d["exhaustive"][re]["full_batch"]) == pytest.approx(
+            got)
+    assert "S gradient" in inference_diagnosis.summary(d)
+    with pytest.raises(ValueError, match="batch 13"):
+        inference_diagnosis.diagnose(net, bank, Stream(), preprocess, n=n, batch=13)

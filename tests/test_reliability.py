@@ -2,6 +2,7 @@
 stops, corrupt checkpoints are detected and skipped, one run per workdir, one-line CLI errors."""
 
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -47,7 +48,8 @@ X = jax.random.normal(jax.random.key(0), (8, 28, 28, 1))
 W = inference.first_m_weights(8, 8)
 MASK = {p: np.ones(s, bool) for p, s in BANK.shapes}
 METHODS = [inference.one_shot, inference.binary, inference.exhaustive,
-           lambda *a: inference.gradient_descent(*a)[0]]
+           lambda *a: inference.gradient_descent(*a)[0],
+           lambda *a: inference.shortlist(*a, size=2)]
 
 
 def _with(p, value):
@@ -294,3 +296,26 @@ def test_a_diverging_run_fails_and_checkpoints_nothing(tmp_path, fashion_mnist):
     with pytest.raises(ConfigError, match="lr=nan"):
         c.lr = float("nan")
         train_and_evaluate(c, tmp_path)
+
+
+@pytest.mark.parametrize("field,value,phrase", [
+    ("inference.rerank", "x", "inference.rerank='x' is not allowed"),
+    ("inference.layers", (0,), "inference.layers=(0,) is not allowed"),
+    ("inference.layers", ("layers/9/kernel",), "names ['layers/9/kernel'], not masked layers"),
+    ("num_outputs", 10, "with inference.rerank='s'"),
+])
+def test_bad_inference_config_fails_before_any_training(tmp_path, fashion_mnist, field, value,
+                                                        phrase):
+    from experiments.configs import gnu_permuted
+    from supsup_jax.runner import train_and_evaluate
+
+    c = gnu_permuted.get_config("tiny,fashion,shortlist,h")
+    with c.unlocked():
+        if field == "num_outputs":
+            c.num_outputs = value
+        else:
+            c.inference[field.split(".")[1]] = value
+    with pytest.raises(ConfigError, match=re.escape(phrase)):
+        train_and_evaluate(c, tmp_path)
+    ckpts = tmp_path / "checkpoints"
+    assert not os.path.exists(ckpts) or os.listdir(ckpts) == []

@@ -58,7 +58,11 @@ def base_config() -> ml_collections.ConfigDict:
     # Evaluation.
     c.scenario = "GNu"
     c.inference = ml_collections.ConfigDict(
-        {"method": "one_shot", "objective": "g", "m": 1, "per_example": False})
+        {"method": "one_shot", "objective": "g", "m": 1, "per_example": False,
+         # method "shortlist": how many tasks it re-ranks, and by which objective
+         "shortlist": 16, "rerank": "s",
+         # masked-layer paths whose alpha-gradient terms rank the tasks; () for all
+         "layers": ()})
     c.test_batch_size = 128
     c.eval_at = ()  # tasks-learned counts to evaluate at; empty: after every task
     c.nns = ml_collections.ConfigDict({"decide_every": 100, "eps": 2.0**-3, "budget": 2500})

@@ -8,7 +8,8 @@ per task, FC 1024-1024 or LeNet 300-100 with ``lenet``):
 * ``batche``: GG, output 10, ``kaiming_normal`` W trained with the task-0 fast weights by Adam
   lr 1e-4, later tasks' fast weights by Adam lr 1e-2 (wd 1e-4, the official default);
   ``randw`` keeps W random; ``oneshot`` is Fig. 5 right: BatchE in GNu, One-Shot over the
-  rank-one factors with alpha, output 500;
+  rank-one factors with alpha, output 500 (``shortlist``: One-Shot's 16 best-ranked tasks
+  re-ranked by S under each task's own factors);
 * ``psp``: GG, output 10, ``xavier_normal`` W trained on every task by RMSprop lr 1e-4, a random
   orthogonal context per task and layer (``binary``: +-1 contexts).
 
@@ -26,7 +27,7 @@ from experiments.configs import gnu_permuted, gnu_rotated
 from experiments.configs.base import apply_common_variants, base_config, parse_variants
 
 METHODS = ("supsup", "batche", "psp")
-_OPTIONS = {"lenet", "h", "g", "randw", "oneshot", "binary", "rotated"}
+_OPTIONS = {"lenet", "h", "g", "randw", "oneshot", "binary", "rotated", "shortlist"}
 
 
 def get_config(variants: str | None = None):
@@ -79,13 +80,18 @@ def get_config(variants: str | None = None):
             c.num_outputs = 500
             c.inference.objective = "h" if "h" in v else "g"
             c.name += "_oneshot_" + c.inference.objective
+            if "shortlist" in v:
+                c.inference.method = "shortlist"
+                c.name += "_shortlist"
+        elif "shortlist" in v:
+            raise ValueError("the shortlist variant needs oneshot (BatchE in GNu)")
     elif method == "psp":
         c.weight_init = "xavier_normal"
         c.optimizer, c.lr = "rmsprop", 1e-4
         if "binary" in v:
             c.psp_context = "binary"
             c.name += "_binary"
-    bad = rest & ({"randw", "oneshot"} if method == "psp" else {"binary"})
+    bad = rest & ({"randw", "oneshot", "shortlist"} if method == "psp" else {"binary"})
     if bad:
         raise ValueError(f"variants {sorted(bad)} do not apply to {method}")
     return apply_common_variants(c, v, set(METHODS) | _OPTIONS)

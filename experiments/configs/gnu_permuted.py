@@ -7,7 +7,9 @@ objective G by default, ``h`` for the entropy. Reproduce:
     python -m experiments.run --config=experiments/configs/gnu_permuted.py:lenet,h \
         --workdir=runs/lenet_h
 
-Variants: ``fashion`` (PermutedFashionMNIST, runs here), ``tiny`` (CPU smoke test).
+Variants: ``shortlist`` (task inference by the 16 tasks the first layer's alpha-gradient
+ranks best, re-ranked by S under each mask alone, ``supsup_jax.inference.shortlist``;
+RESULTS.md), ``fashion`` (PermutedFashionMNIST, runs here), ``tiny`` (CPU smoke test).
 """
 
 from experiments.configs.base import apply_common_variants, base_config, parse_variants
@@ -24,4 +26,8 @@ def get_config(variants: str | None = None):
         c.name += "_lenet"
     c.inference.objective = "h" if "h" in v else "g"
     c.name += "_" + c.inference.objective
-    return apply_common_variants(c, v, {"lenet", "h", "g"})
+    if "shortlist" in v:  # issue 14's rule: the first layer's gradient ranks, S re-ranks 16
+        c.inference.method = "shortlist"
+        c.inference.layers = ("layers/0/kernel",)
+        c.name += "_shortlist"
+    return apply_common_variants(c, v, {"lenet", "h", "g", "shortlist"})

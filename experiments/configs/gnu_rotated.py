@@ -1,5 +1,7 @@
 """GNu RotatedMNIST: 36 tasks rotated by 10 degrees each, FC 1024-1024 with output 200, Binary
-task inference with H on the full batch of 128 (paper Fig. 5 left; SPEC 2.2); ``g``: with G.
+task inference with H on the full batch of 128 (paper Fig. 5 left; SPEC 2.2); ``g``: with G;
+``shortlist``: the 16 tasks the first layer's alpha-gradient ranks best, re-ranked by S under
+each mask alone, instead of Binary (``supsup_jax.inference.shortlist``; RESULTS.md).
 Reproduce:
 
     python -m experiments.run --config=experiments/configs/gnu_rotated.py --workdir=runs/rotated
@@ -22,4 +24,8 @@ def get_config(variants: str | None = None):
     if "g" in v:  # the superfluous-neuron objective instead of the paper's H
         c.inference.objective = "g"
         c.name += "_g"
-    return apply_common_variants(c, v, {"g"})
+    if "shortlist" in v:  # issue 14's rule: the first layer's gradient ranks, S re-ranks 16
+        c.inference.method = "shortlist"
+        c.inference.layers = ("layers/0/kernel",)
+        c.name += "_shortlist"
+    return apply_common_variants(c, v, {"g", "shortlist"})

@@ -31,7 +31,8 @@ from supsup_jax import inference, masking, scenarios
 from supsup_jax.baselines import core
 from supsup_jax.models.network import Network
 
-__all__ = ["BatchE", "evaluate_unknown_task", "one_shot", "rank_one", "superposed_factors"]
+__all__ = ["BatchE", "evaluate_unknown_task", "one_shot", "rank_one", "shortlist",
+           "superposed_factors"]
 
 
 def rank_one(r: jax.Array, s: jax.Array) -> jax.Array:
@@ -124,6 +125,19 @@ class BatchE(core.Method):
         return (0 if self.rand_w else core.nbytes(state["weights"])) + learned * fast
 
 
+def _uniform_gradient(method: BatchE, state, num_learned, x, weights, objective):
+    learned = jnp.arange(method.num_tasks) < num_learned
+    alpha0 = learned.astype(jnp.float32) / jnp.maximum(jnp.sum(learned), 1).astype(jnp.float32)
+
+    def f(alpha):
+        logits, _ = method.network.apply(method.superposed_params(state, alpha),
+                                         method.network.batch_stats, x,
+                                         method.network.has_bn)
+        return objective(logits, weights)
+
+    return learned, jax.grad(f)(alpha0)
+
+
 def one_shot(method: BatchE, state, num_learned, x: jax.Array, weights: jax.Array,
              objective: inference.Objective) -> jax.Array:
     """One-Shot over BatchE's rank-one factors: ``argmin_i d objective / d alpha_i`` at
@@ -138,17 +152,40 @@ def one_shot(method: BatchE, state, num_learned, x: jax.Array, weights: jax.Arra
       int32 scalar task index in ``[0, num_learned)``. Networks with BN run on batch statistics
       (as SupSup's inference, since no task's statistics apply to a superposition).
     """
-    learned = jnp.arange(method.num_tasks) < num_learned
-    alpha0 = learned.astype(jnp.float32) / jnp.maximum(jnp.sum(learned), 1).astype(jnp.float32)
-
-    def f(alpha):
-        logits, _ = method.network.apply(method.superposed_params(state, alpha),
-                                         method.network.batch_stats, x,
-                                         method.network.has_bn)
-        return objective(logits, weights)
-
-    g = jax.grad(f)(alpha0)
+    learned, g = _uniform_gradient(method, state, num_learned, x, weights, objective)
     return inference.lowest(learned, g)
+
+
+def shortlist(method: BatchE, state, stats, num_learned, x: jax.Array, weights: jax.Array,
+              objective: inference.Objective, size: int,
+              rerank: inference.Objective = inference.entropy) -> jax.Array:
+    """:func:`supsup_jax.inference.shortlist` over BatchE's rank-one factors: :func:`one_shot`'s
+    ``size`` lowest gradients, re-ranked by ``rerank`` of ``x`` under each candidate's own
+    fast weights (and its BN statistics ``stats``, stacked on the task axis; ``{}`` without
+    BN); the lowest wins. Arguments as :func:`one_shot`; ``size``: a static int >= 1.
+
+    Returns:
+      int32 scalar task index in ``[0, num_learned)``, or :data:`inference.NO_TASK` if the
+      gradient carries no information (unless every learned task is shortlisted) or an entropy
+      is not finite.
+    """
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"shortlist size must be an integer >= 1, got {size!r}")
+    learned, g = _uniform_gradient(method, state, num_learned, x, weights, objective)
+    r = min(size, method.num_tasks)
+    _, cand = jax.lax.top_k(-jnp.where(learned, g, jnp.inf), r)
+    has_bn = method.network.has_bn
+
+    def value(t):
+        logits, _ = method.logits({"weights": state["weights"], "fast": method.fast(state, t)},
+                                  core.take(stats, t) if has_bn else method.network.batch_stats,
+                                  x, False)
+        return rerank(logits, weights)
+
+    best = inference.lowest(learned[cand], jax.lax.map(value, cand), zero_is_no_signal=False)
+    informed = (inference.lowest(learned, g) != inference.NO_TASK) | (jnp.sum(learned) <= r)
+    return jnp.where(informed & (best != inference.NO_TASK), cand[jnp.maximum(best, 0)],
+                     inference.NO_TASK).astype(jnp.int32)
 
 
 @functools.partial(jax.jit, static_argnames=("trainer", "how"))
@@ -160,8 +197,11 @@ def _evaluate_batches(state, stats, images, labels, true_task, num_learned, *, t
         x_u8, y = batch
         valid = y >= 0
         x = trainer.preprocess(x_u8, None, False)
-        task = one_shot(method, state, num_learned, x, inference.first_m_weights(
-            x.shape[0], how.m, valid), objective)
+        w = inference.first_m_weights(x.shape[0], how.m, valid)
+        task = (one_shot(method, state, num_learned, x, w, objective) if how.method == "one_shot"
+                else shortlist(method, state, stats, num_learned, x, w, objective,
+                               how.shortlist, inference.make_objective(how.rerank,
+                                                                       how.num_real)))
         task_stats = core.take(stats, task) if method.network.has_bn else method.network.batch_stats
         logits, _ = method.logits({"weights": state["weights"], "fast": method.fast(state, task)},
                                   task_stats, x, False)
@@ -185,15 +225,17 @@ def evaluate_unknown_task(trainer: core.MethodTrainer, state, stats, images: np.
       state: its state; stats: the stacked per-task BN statistics (``{}`` without BN).
       images: uint8 ``(N, *input_shape)``, shuffled by ``key`` into batches of ``batch_size``
         whose first ``how.m`` images decide; labels: int ``(N,)``.
-      how: a :class:`~supsup_jax.scenarios.TaskInference` with ``method="one_shot"``.
+      how: a :class:`~supsup_jax.scenarios.TaskInference` with ``method="one_shot"`` or
+        ``"shortlist"``.
 
     Returns:
       ``{"accuracy": ..., "task_accuracy": ...}``.
     """
     if not isinstance(trainer.method, BatchE):
         raise TypeError(f"BatchE task inference needs a BatchE method, got {trainer.method.name}")
-    if how.method != "one_shot" or how.per_example:
-        raise ValueError("BatchE task inference implements One-Shot per batch only; got "
+    if how.method not in ("one_shot", "shortlist") or how.per_example:
+        raise ValueError("BatchE task inference implements One-Shot and the shortlist per "
+                         "batch only; got "
                          f"method={how.method!r}, per_example={how.per_example}")
     if not 0 <= true_task < num_learned <= trainer.method.num_tasks:
         raise IndexError(f"true task {true_task} is outside the {num_learned} learned tasks")

@@ -103,9 +103,13 @@ def check_method(config) -> None:
     if config.transfer:
         raise ConfigError(f"transfer (SupSup Transfer) does not apply to method {method!r}")
     if config.scenario == "GNu" and method == "batche":
-        if config.inference.method != "one_shot" or config.inference.per_example:
-            raise ConfigError("BatchE infers tasks with One-Shot per batch only (paper Fig. 5 "
-                             f"right), not {config.inference.method!r}")
+        if config.inference.method not in ("one_shot", "shortlist") \
+                or config.inference.per_example:
+            raise ConfigError("BatchE infers tasks per batch with One-Shot (paper Fig. 5 right) "
+                             f"or the shortlist only, not {config.inference.method!r}")
+        if config.inference.layers:
+            raise ConfigError("inference.layers selects masked layers; BatchE's gradient is "
+                              "over its rank-one factors (leave it ())")
     elif config.scenario != "GG":
         raise ConfigError(f"method {method!r} runs in scenario GG (task given)"
                          + (" or GNu with One-Shot" if method == "batche" else "")

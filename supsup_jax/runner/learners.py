@@ -15,6 +15,7 @@ import numpy as np
 from supsup_jax import bank as bank_lib
 from supsup_jax import baselines, masking, scenarios
 from supsup_jax import train as train_lib
+from supsup_jax.errors import ConfigError
 from supsup_jax.evaluate import stack_test_sets
 from supsup_jax.runner.keys import Stream, key
 from supsup_jax.runner.record import accuracy_row
@@ -25,11 +26,19 @@ __all__ = ["BaselineLearner", "SupSupLearner", "bank_bytes", "bank_gg", "task_in
 GG_EVAL_BYTES = 512 * 2**20
 
 
-def task_inference(config, stream) -> scenarios.TaskInference:
+def task_inference(config, stream, masked=None) -> scenarios.TaskInference:
+    """The config's ``inference`` block; ``masked``: the masked-layer paths ``layers`` must
+    name (checked here, before any training)."""
     inf = config.inference
+    layers = tuple(inf.layers) or None
+    unknown = sorted(set(layers or ()) - set(masked or ()))
+    if masked is not None and unknown:
+        raise ConfigError(f"config field inference.layers names {unknown}, not masked layers "
+                          f"of this model: {sorted(masked)}")
     return scenarios.TaskInference(inf.method, inf.objective,
                                    num_real=stream.task(0).num_classes, m=inf.m,
-                                   per_example=inf.per_example)
+                                   per_example=inf.per_example, shortlist=inf.shortlist,
+                                   rerank=inf.rerank, layers=layers)
 
 
 def bank_bytes(bank) -> float:
@@ -60,7 +69,8 @@ class SupSupLearner:
 
     def __init__(self, config, stream, trainer: train_lib.Trainer):
         self.config, self.trainer = config, trainer
-        self.how = task_inference(config, stream) if config.scenario in ("GNu", "GNs") else None
+        self.how = (task_inference(config, stream, trainer.weights)
+                    if config.scenario in ("GNu", "GNs") else None)
 
     def init(self):
         trainer = self.trainer

@@ -105,6 +105,11 @@ def check_config(config) -> None:
     _choice(config, "inference.method", tuple(inference.METHODS))
     _choice(config, "inference.objective", inference.OBJECTIVES)
     _int(config, "inference.m", 1, config.test_batch_size)
+    _int(config, "inference.shortlist", 1)
+    _choice(config, "inference.rerank", inference.OBJECTIVES)
+    layers = config.inference.layers
+    if not isinstance(layers, tuple) or not all(isinstance(p, str) for p in layers):
+        _fail("inference.layers", layers, "a tuple of masked-layer paths, () for all")
     for t in config.eval_at:
         if isinstance(t, bool) or not isinstance(t, numbers.Integral) or not (
                 1 <= t <= config.num_tasks):
@@ -127,7 +132,12 @@ def check_against_stream(config, stream) -> None:
         _fail("batch_size", config.batch_size, f"at most the {examples} training examples of a "
               "task")
     infers = config.scenario in ("GNu", "GNs", "NNs") and config.method in ("supsup", "batche")
-    if infers and config.inference.objective == "g" and config.num_outputs <= classes:
-        _fail("num_outputs", config.num_outputs,
-              f"more than the {classes} real classes with the G objective, whose gradient "
-              "flows only through superfluous output neurons (or use inference.objective='h')")
+    if infers and config.num_outputs <= classes:
+        inf = config.inference
+        needs = [f"inference.{f}={v!r}" for f, v in (("objective", inf.objective),
+                                                    ("rerank", inf.rerank))
+                 if v in ("g", "s") and (f == "objective" or inf.method == "shortlist")]
+        if needs:
+            _fail("num_outputs", config.num_outputs,
+                  f"more than the {classes} real classes with {', '.join(needs)}: G and S "
+                  "use the superfluous output neurons (or use 'h')")
