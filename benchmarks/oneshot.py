@@ -13,7 +13,8 @@ For each network (LeNet 300-100 and FC 1024-1024, output 500) and each k, with k
   (skipped, and reported as not run, when its stack would exceed ``--max-baseline-gib``);
 * every CPU kernel variant this CPU runs (``--variants``, default all of them and ``xla``, the
   plain-JAX twin that GPU/TPU and compiler-less CPUs run): One-Shot, the shortlist rule
-  (``--shortlist`` tasks re-ranked by entropy), the superposition at uniform alpha
+  (``--shortlist`` tasks ranked by the first layer's G gradient, re-ranked by S; issue 14),
+  the superposition at uniform alpha
   (``bits_vecmat``) and Binary per variant, with each variant's ratio to the twin
   and to the float32 baseline measured in the same run, and the task each picks.
 
@@ -23,6 +24,7 @@ For each network (LeNet 300-100 and FC 1024-1024, output 500) and each k, with k
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -95,8 +97,12 @@ def time_variant(net, bank, x, w, obj, args, extra=None) -> dict:
              oneshot_first_call_s=first, task=int(task))
     x1, w1 = x[:1], inference.first_m_weights(1, 1)
     r["oneshot_single_example_s"] = _time(lambda: one(bank, sup, x1, w1), args.repeats)[0]
-    short = jax.jit(lambda b, s, x, w: inference.shortlist(net, net.params, b, x, w, obj,
-                                                           size=args.shortlist, superposed=s))
+    layers = None if args.shortlist_layers == "all" else tuple(args.shortlist_layers.split(","))
+    gradient = functools.partial(inference.alpha_gradient, layers=layers)
+    rerank = inference.make_objective("s", 10)
+    short = jax.jit(lambda b, s, x, w: inference.shortlist(
+        net, net.params, b, x, w, obj, size=args.shortlist, rerank=rerank, superposed=s,
+        gradient=gradient))
     r["shortlist_batch_s"], _, stask, _ = _time(lambda: short(bank, sup, x, w), args.repeats)
     r["shortlist_task"] = int(stask)
     r["shortlist_over_oneshot"] = r["shortlist_batch_s"] / t
@@ -172,8 +178,10 @@ def main(argv=None):
     p.add_argument("--max-baseline-gib", type=float, default=10.0)
     p.add_argument("--max-exhaustive-k", type=int, default=1000)
     p.add_argument("--max-per-example-k", type=int, default=100)
-    p.add_argument("--shortlist", type=int, default=4,
-                   help="tasks the shortlist rule re-ranks by their entropy")
+    p.add_argument("--shortlist", type=int, default=16,
+                   help="tasks the shortlist rule re-ranks by S")
+    p.add_argument("--shortlist-layers", default="layers/0/kernel",
+                   help="masked layers whose gradient terms rank for the shortlist ('all')")
     p.add_argument("--variants", default=None,
                    help="comma-separated kernel variants to time (default: every variant this "
                         "CPU runs, then xla, the plain-JAX twin)")

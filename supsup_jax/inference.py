@@ -59,6 +59,7 @@ __all__ = [
     "make_objective",
     "masked_logits",
     "one_shot",
+    "pick_from_shortlist",
     "shortlist",
     "superfluous_mass",
     "superposed_logits",
@@ -371,20 +372,34 @@ def shortlist(network, params, bank, x, weights, objective, *, size: int = 16,
     this is :func:`exhaustive` with ``rerank``. Returns :data:`NO_TASK` if the gradient carries
     no information (unless every learned task is shortlisted) or a rerank value is not finite.
     """
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"shortlist size must be an integer >= 1, got {size!r}")
+    check_shortlist_size(size)
     eager = _check_eager(network, bank, x, weights)
     _, g = gradient(network, params, bank, uniform_alpha(bank), x, weights, objective,
                     superposed)
-    learned = bank.learned()
-    r = min(size, bank.capacity)
-    # top_k of -g: the r smallest gradients, ties to the lower slot; unlearned slots last.
-    _, cand = jax.lax.top_k(-jnp.where(learned, g, jnp.inf), r)
     value = lambda t: rerank(task_logits(network, params, bank, t, x), weights)
-    best = lowest(learned[cand], jax.lax.map(value, cand), zero_is_no_signal=False)
-    informed = (lowest_learned(bank, g) != NO_TASK) | (jnp.sum(learned) <= r)
+    return _answer(pick_from_shortlist(bank.learned(), g, size, value), eager)
+
+
+def check_shortlist_size(size) -> None:
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"shortlist size must be an integer >= 1, got {size!r}")
+
+
+def pick_from_shortlist(candidates: jax.Array, g: jax.Array, size: int,
+                        value: Callable[[jax.Array], jax.Array]) -> jax.Array:
+    """int32: of the ``size`` candidates (bool ``[n]``) with the smallest ``g`` (float ``[n]``;
+    ties to the lower index), the one with the smallest ``value(i)`` (a scalar per traced
+    index, evaluated ``size`` times by ``jax.lax.map``); :data:`NO_TASK` if ``g`` carries no
+    information (:func:`lowest`; unless every candidate is shortlisted) or a value is not
+    finite."""
+    check_shortlist_size(size)
+    r = min(size, candidates.shape[0])
+    # top_k of -g: the r smallest gradients; non-candidates (+inf) come last.
+    _, cand = jax.lax.top_k(-jnp.where(candidates, g, jnp.inf), r)
+    best = lowest(candidates[cand], jax.lax.map(value, cand), zero_is_no_signal=False)
+    informed = (lowest(candidates, g) != NO_TASK) | (jnp.sum(candidates) <= r)
     task = jnp.where(informed & (best != NO_TASK), cand[jnp.maximum(best, 0)], NO_TASK)
-    return _answer(task.astype(jnp.int32), eager)
+    return task.astype(jnp.int32)
 
 
 METHODS = {

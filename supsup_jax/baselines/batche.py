@@ -166,14 +166,10 @@ def shortlist(method: BatchE, state, stats, num_learned, x: jax.Array, weights: 
 
     Returns:
       int32 scalar task index in ``[0, num_learned)``, or :data:`inference.NO_TASK` if the
-      gradient carries no information (unless every learned task is shortlisted) or an entropy
-      is not finite.
+      gradient carries no information (unless every learned task is shortlisted) or a rerank
+      value is not finite.
     """
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"shortlist size must be an integer >= 1, got {size!r}")
     learned, g = _uniform_gradient(method, state, num_learned, x, weights, objective)
-    r = min(size, method.num_tasks)
-    _, cand = jax.lax.top_k(-jnp.where(learned, g, jnp.inf), r)
     has_bn = method.network.has_bn
 
     def value(t):
@@ -182,10 +178,7 @@ def shortlist(method: BatchE, state, stats, num_learned, x: jax.Array, weights: 
                                   x, False)
         return rerank(logits, weights)
 
-    best = inference.lowest(learned[cand], jax.lax.map(value, cand), zero_is_no_signal=False)
-    informed = (inference.lowest(learned, g) != inference.NO_TASK) | (jnp.sum(learned) <= r)
-    return jnp.where(informed & (best != inference.NO_TASK), cand[jnp.maximum(best, 0)],
-                     inference.NO_TASK).astype(jnp.int32)
+    return inference.pick_from_shortlist(learned, g, size, value)
 
 
 @functools.partial(jax.jit, static_argnames=("trainer", "how"))
