@@ -83,7 +83,7 @@ def main(argv=None) -> dict:
                         + ", ".join(e[0] for e in EVALS))
     p.add_argument("--shortlist", type=int, default=16,
                    help="tasks the shortlist rule re-ranks")
-    p.add_argument("--rerank", default="s", choices=["h", "g", "s"],
+    p.add_argument("--rerank", default="s", choices=["h", "s"],
                    help="the objective the shortlist rule re-ranks by under each mask alone")
     p.add_argument("--layers", default="",
                    help="comma-separated masked-layer paths whose alpha-gradient terms rank "

@@ -14,8 +14,10 @@ With every learned mask superposed, ``f(x; W * sum_i alpha_i M_i)`` (paper Eq. 2
   ``batch_size`` vmapping chunks of tasks), lowest wins: the baseline;
 * :func:`shortlist`: One-Shot's gradient names the ``size`` likeliest tasks and an objective
   under each of their masks alone picks one: one gradient plus ``size`` forward passes, for
-  tasks alike enough that the gradient's first place is unreliable (rotations) while its top
-  few still hold the task.
+  tasks alike enough that the gradient's first place is unreliable (rotations). Measured best
+  (RESULTS.md, issue 14): the first layer's gradient terms only (``alpha_gradient``'s
+  ``layers``; the deeper layers' terms point away from the true task), 16 tasks, re-ranked
+  by S.
 
 Objectives: :func:`entropy` (H, over all outputs, s-neurons included), :func:`g_objective`
 (G: ``logsumexp`` with the gradient stopped on the real neurons, SPEC 1.6 / paper Lemma 1) and
@@ -45,9 +47,11 @@ __all__ = [
     "METHODS",
     "NO_TASK",
     "OBJECTIVES",
+    "RERANKS",
     "alpha_gradient",
     "binary",
     "check_inputs",
+    "check_shortlist_size",
     "entropy",
     "exhaustive",
     "first_m_weights",
@@ -117,6 +121,7 @@ def superfluous_mass(logits: jax.Array, weights: jax.Array, num_real: int) -> ja
 
 
 OBJECTIVES = ("h", "g", "s")
+RERANKS = ("h", "s")  # objectives whose *value* under each mask alone ranks tasks
 
 
 def make_objective(name: str, num_real: int | None = None) -> Objective:
@@ -381,6 +386,7 @@ def shortlist(network, params, bank, x, weights, objective, *, size: int = 16,
 
 
 def check_shortlist_size(size) -> None:
+    """Raise ValueError unless ``size`` (tasks a shortlist re-ranks) is an int >= 1."""
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"shortlist size must be an integer >= 1, got {size!r}")
 

@@ -65,10 +65,10 @@ class TaskInference:
         inference.make_objective(self.objective, self.num_real)
         if self.m < 1:
             raise ValueError(f"m (images that decide a batch) must be >= 1, got {self.m}")
-        if isinstance(self.shortlist, bool) or not isinstance(self.shortlist, int) \
-                or self.shortlist < 1:
-            raise ValueError(f"shortlist must be an integer >= 1, got {self.shortlist!r}")
-        inference.make_objective(self.rerank, self.num_real)
+        inference.check_shortlist_size(self.shortlist)
+        if self.rerank not in inference.RERANKS:
+            raise ValueError(f"rerank must be one of {inference.RERANKS} (G's value does not rank "
+                             f"tasks), got {self.rerank!r}")
         if self.layers is not None:
             if not isinstance(self.layers, tuple) or not self.layers \
                     or not all(isinstance(p, str) for p in self.layers):

@@ -262,8 +262,9 @@ def test_shortlist_without_gradient_signal_is_no_task(trained):
             inference.shortlist(net, net.params, bank, x, w, zero, size=bad)
         with pytest.raises(ValueError, match="shortlist"):
             scenarios.TaskInference("shortlist", shortlist=bad)
-    with pytest.raises(ValueError, match="unknown objective 'x'"):
-        scenarios.TaskInference("shortlist", rerank="x")
+    for bad in ("x", "g"):
+        with pytest.raises(ValueError, match="rerank must be one of"):
+            scenarios.TaskInference("shortlist", rerank=bad)
     for bad in ((), ["layers/0/kernel"], "layers/0/kernel", (0,)):
         with pytest.raises(ValueError, match="layers must be a non-empty tuple"):
             scenarios.TaskInference("shortlist", layers=bad)

@@ -303,6 +303,7 @@ def test_a_diverging_run_fails_and_checkpoints_nothing(tmp_path, fashion_mnist):
     ("inference.layers", (0,), "inference.layers=(0,) is not allowed"),
     ("inference.layers", ("layers/9/kernel",), "names ['layers/9/kernel'], not masked layers"),
     ("num_outputs", 10, "with inference.rerank='s'"),
+    ("interpolation", "cubic", "interpolation='cubic' is not allowed"),
 ])
 def test_bad_inference_config_fails_before_any_training(tmp_path, fashion_mnist, field, value,
                                                         phrase):
@@ -311,11 +312,25 @@ def test_bad_inference_config_fails_before_any_training(tmp_path, fashion_mnist,
 
     c = gnu_permuted.get_config("tiny,fashion,shortlist,h")
     with c.unlocked():
-        if field == "num_outputs":
-            c.num_outputs = value
+        if "." not in field:
+            c[field] = value
         else:
             c.inference[field.split(".")[1]] = value
     with pytest.raises(ConfigError, match=re.escape(phrase)):
         train_and_evaluate(c, tmp_path)
     ckpts = tmp_path / "checkpoints"
     assert not os.path.exists(ckpts) or os.listdir(ckpts) == []
+
+
+def test_the_config_picks_the_rotation_interpolation(fashion_mnist):
+    from experiments.configs import gnu_rotated
+    from supsup_jax.data.transforms import rotate
+    from supsup_jax.runner.build import make_stream
+
+    c = gnu_rotated.get_config("tiny,fashion")
+    assert make_stream(c).interpolation == "bilinear"
+    c.interpolation = "nearest"
+    stream = make_stream(c)
+    assert stream.interpolation == "nearest"
+    np.testing.assert_array_equal(stream.task(1).test_images[:4],
+                                  rotate(stream.task(0).test_images[:4], 10.0, "nearest"))

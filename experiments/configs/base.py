@@ -31,6 +31,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.split_seed = placeholder(int)
     c.relabel = True
     c.degrees_per_task = 10.0
+    c.interpolation = "bilinear"  # rotated stream: or "nearest" (the official code's)
     c.normalization = "mnist"  # the official pipeline's statistics for the MNIST family
     c.max_train_examples = -1
     c.max_test_examples = -1

@@ -65,7 +65,8 @@ def make_stream(config):
     if kind == "permuted":
         stream = PermutedStream(ds, config.num_tasks, seed=config.seed)
     elif kind == "rotated":
-        stream = RotatedStream(ds, config.num_tasks, degrees_per_task=config.degrees_per_task)
+        stream = RotatedStream(ds, config.num_tasks, degrees_per_task=config.degrees_per_task,
+                               interpolation=config.interpolation)
     elif kind == "split":
         stream = SplitStream(ds, config.num_tasks, config.classes_per_task,
                              seed=config.split_seed, relabel=config.relabel)

@@ -28,8 +28,10 @@ __all__ = [
 RUNTIME_KEYS = ("quiet", "data_dir", "tensorboard")
 # Fields added to the schema after runs were written without them, with the value those runs
 # used implicitly: a stored config that lacks one still matches that value.
+# A dotted key is a field of a sub-dict (values as the JSON fingerprint holds them).
 ADDED_FIELDS = {"method": "supsup", "rand_w": False, "weight_lr": None,
-                "psp_context": "orthogonal"}
+                "psp_context": "orthogonal", "interpolation": "bilinear",
+                "inference.shortlist": 16, "inference.rerank": "s", "inference.layers": []}
 
 
 def config_dict(config) -> dict[str, Any]:
@@ -48,10 +50,14 @@ def check_resumable(stored: str | None, config, where: str) -> None:
     if stored == comparable(config):
         return
     old, now = json.loads(stored or "{}"), json.loads(comparable(config))
+    for key, value in ADDED_FIELDS.items():  # what a run from before the field implied
+        parent, _, name = key.rpartition(".")
+        holder = old.get(parent) if parent else old
+        if isinstance(holder, dict) and name not in holder and old:
+            holder[name] = value
     diff = {}
     for k in sorted(set(old) | set(now)):
-        if k not in old and (ADDED_FIELDS.get(k, object()) == now[k]
-                             or (k == "hopfield" and now.get("method") != "hopsupsup")):
+        if k not in old and k == "hopfield" and now.get("method") != "hopsupsup":
             continue
         if old.get(k) != now.get(k):
             diff[k] = (old.get(k), now.get(k))

@@ -74,6 +74,7 @@ def check_config(config) -> None:
     _int(config, "num_tasks", 1)
     _int(config, "classes_per_task", 1)
     _real(config, "degrees_per_task")
+    _choice(config, "interpolation", ("bilinear", "nearest"))
     _choice(config, "normalization", NORMALIZATIONS)
     for f in ("max_train_examples", "max_test_examples", "max_eval_examples"):
         _int(config, f, 1, extra=(-1,))
@@ -106,7 +107,7 @@ def check_config(config) -> None:
     _choice(config, "inference.objective", inference.OBJECTIVES)
     _int(config, "inference.m", 1, config.test_batch_size)
     _int(config, "inference.shortlist", 1)
-    _choice(config, "inference.rerank", inference.OBJECTIVES)
+    _choice(config, "inference.rerank", inference.RERANKS)
     layers = config.inference.layers
     if not isinstance(layers, tuple) or not all(isinstance(p, str) for p in layers):
         _fail("inference.layers", layers, "a tuple of masked-layer paths, () for all")
@@ -136,7 +137,8 @@ def check_against_stream(config, stream) -> None:
         inf = config.inference
         needs = [f"inference.{f}={v!r}" for f, v in (("objective", inf.objective),
                                                     ("rerank", inf.rerank))
-                 if v in ("g", "s") and (f == "objective" or inf.method == "shortlist")]
+                 if v in ("g", "s") and (f == "objective"
+                                         or inf.method in ("shortlist", "exhaustive"))]
         if needs:
             _fail("num_outputs", config.num_outputs,
                   f"more than the {classes} real classes with {', '.join(needs)}: G and S "
