@@ -6,7 +6,7 @@ objective; One-Shot ranks by their sum), and the value of H and S of the image u
 on its own (``[k]``). From these it derives, with no further passes:
 
 * the true task's rank under each gradient (rank 0 = picked), which task One-Shot picks (a
-  confusion matrix) and the mask densities;
+  confusion matrix), the mask densities and how much each task's mask agrees with task 0's;
 * the task-inference accuracy of One-Shot ranking by all layers' terms or by one layer's,
   of Exhaustive by H and by S, and of the shortlist rule for every shortlist size, ranking and
   rerank objective, from one image and from a full batch of ``batch`` (the gradient and the
@@ -26,7 +26,7 @@ import numpy as np
 from supsup_jax import bank as bank_lib
 from supsup_jax import inference
 
-__all__ = ["SIZES", "diagnose", "summary"]
+__all__ = ["SIZES", "diagnose", "mask_agreement", "summary"]
 
 SIZES = (1, 2, 3, 4, 6, 8, 12, 16)
 GRADIENTS = ("h", "g", "s")
@@ -93,7 +93,8 @@ def diagnose(network, bank, stream, preprocess, n: int = 512, batch: int = 128) 
     batches = n // batch
     out = {"n_images": n, "batch": batch, "num_tasks": k, "layers": paths,
            "density": [float(np.mean([np.mean(np.asarray(m)) for m in
-                                      bank.task_masks(i).values()])) for i in range(k)]}
+                                      bank.task_masks(i).values()])) for i in range(k)],
+           "agreement_with_task_0": mask_agreement(bank)}
     vb = {o: _batch_means(v, batch, batches) for o, v in vals.items()}
     out["exhaustive"] = {o: {"m1": _accuracy(vals[o]), "full_batch": _accuracy(vb[o]),
                              "true_rank_m1": _rank_histogram(vals[o])} for o in RERANKS}
@@ -104,6 +105,16 @@ def diagnose(network, bank, stream, preprocess, n: int = 512, batch: int = 128) 
         out[o]["all"]["standardised"] = _rule_stats(_standardise(rankings["all"]), vals, vb,
                                                     batch, batches, shortlists=False)
     return out
+
+
+def mask_agreement(bank) -> list[float]:
+    """For every task, the fraction of masked weights where its mask equals task 0's (0.5 for
+    independent masks of density 1/2)."""
+    first = {p: np.asarray(m, bool) for p, m in bank.task_masks(0).items()}
+    total = sum(m.size for m in first.values())
+    return [sum(int(np.sum(np.asarray(m, bool) == first[p]))
+                for p, m in bank.task_masks(i).items()) / total
+            for i in range(int(bank.num_tasks))]
 
 
 def _standardise(g):

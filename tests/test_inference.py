@@ -401,6 +401,11 @@ def test_diagnosis_agrees_with_the_library_rules(trained):
     for i, dens in enumerate(d["density"]):
         masks = bank_lib.unpack_task(bank, i)
         assert dens == pytest.approx(np.mean([float(jnp.mean(m)) for m in masks.values()]))
+    a = d["agreement_with_task_0"]
+    assert a[0] == 1.0 and all(0.3 < v < 0.7 for v in a[1:])  # independent random inits
+    m0, m2 = bank_lib.unpack_task(bank, 0), bank_lib.unpack_task(bank, 2)
+    assert a[2] == pytest.approx(sum(float(jnp.sum(m0[p] == m2[p])) for p in m0)
+                                 / sum(m.size for m in m0.values()))
     xs = [_x(tasks, preprocess, t, n) for t in range(NUM_TASKS)]
 
     def accuracy(how_m1):
