@@ -312,8 +312,9 @@ def gradient_descent(network, params, bank, x, weights, objective, *, lr: float 
     ``max_steps`` gradients (the official ``gradient_minimization`` rule, with lr 200).
 
     Returns:
-      ``(task, steps)``: ``argmax alpha`` over learned tasks (:data:`NO_TASK` if a gradient
-      carried no information, :func:`lowest`) and the number of gradients taken.
+      ``(task, steps)``: ``argmax alpha`` over learned tasks (:data:`NO_TASK` if the first
+      gradient carried no information, :func:`lowest`, or any was not finite) and the number
+      of gradients taken.
     """
     eager = _check_eager(network, bank, x, weights)
     learned = bank.learned()
@@ -328,7 +329,10 @@ def gradient_descent(network, params, bank, x, weights, objective, *, lr: float 
     def body(carry):
         alpha, step, ok = carry
         _, g = gradient(network, params, bank, alpha, x, weights, objective)
-        ok = ok & (lowest(learned, g) != NO_TASK)
+        # Only the first gradient must tell tasks apart; a later one may vanish once the
+        # softmax saturates (alpha has then decided), but none may be non-finite.
+        finite = jnp.all(jnp.where(learned, jnp.isfinite(g), True))
+        ok = ok & finite & ((step > 0) | (lowest(learned, g) != NO_TASK))
         return jnp.where(learned, alpha - lr * g, 0.0), step + 1, ok
 
     alpha, steps, ok = jax.lax.while_loop(

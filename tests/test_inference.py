@@ -272,6 +272,30 @@ def test_shortlist_without_gradient_signal_is_no_task(trained):
         scenarios.TaskInference("exhaustive", layers=("layers/0/kernel",))
 
 
+def test_gradient_descent_answers_once_later_gradients_vanish_but_not_when_they_are_nan(trained):
+    # A first gradient that ranks, then exactly 0 (a saturated softmax): alpha has decided and
+    # its arg-max is the answer; a later non-finite gradient is no answer.
+    net, bank, tasks, preprocess, _ = trained
+    x = _x(tasks, preprocess, 0, 8)
+    w = inference.first_m_weights(8, 8)
+    first = jnp.array([0.0005, -0.001, 0.0005, 0.0])
+
+    def fake(later):
+        def gradient(network, params, bank, alpha, x, weights, objective, superposed=None):
+            uniform = jnp.ptp(alpha[:NUM_TASKS]) == 0
+            return 0.0, jnp.where(uniform, first, later)
+        return gradient
+
+    run = lambda x, later: inference.gradient_descent(  # noqa: E731
+        net, net.params, bank, x, w, inference.entropy, gradient=fake(later))
+    task, steps = run(x, jnp.zeros(4))
+    assert int(task) == 1 and int(steps) == 50
+    with pytest.raises(NoTaskSignalError):
+        run(x, jnp.full(4, jnp.nan))
+    task, _ = jax.jit(run)(x, jnp.full(4, jnp.nan))
+    assert int(task) == inference.NO_TASK
+
+
 def test_one_shot_never_picks_an_unlearned_slot(trained):
     net, bank, tasks, preprocess, _ = trained
     x = _x(tasks, preprocess, 0)
