@@ -381,7 +381,6 @@ def shortlist(network, params, bank, x, weights, objective, *, size: int = 16,
     this is :func:`exhaustive` with ``rerank``. Returns :data:`NO_TASK` if the gradient carries
     no information (unless every learned task is shortlisted) or a rerank value is not finite.
     """
-    check_shortlist_size(size)
     eager = _check_eager(network, bank, x, weights)
     _, g = gradient(network, params, bank, uniform_alpha(bank), x, weights, objective,
                     superposed)

@@ -69,6 +69,7 @@ class TaskInference:
         if self.rerank not in inference.RERANKS:
             raise ValueError(f"rerank must be one of {inference.RERANKS} (G's value does not rank "
                              f"tasks), got {self.rerank!r}")
+        inference.make_objective(self.rerank, self.num_real)
         if self.layers is not None:
             if not isinstance(self.layers, tuple) or not self.layers \
                     or not all(isinstance(p, str) for p in self.layers):

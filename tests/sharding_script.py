@@ -119,10 +119,11 @@ def check_task_sharded_bank():
             got = int(run(lambda b, o=objective, wm=wm: sharding.sharded_binary(
                 net, net.params, b, x, wm, o, mesh), sharded))
             assert got == ref < 5, (got, ref)
-    ref = int(inference.exhaustive(net, net.params, padded, x, w, None))
-    got = int(run(lambda b: sharding.sharded_exhaustive(net, net.params, b, x, w, mesh),
-                  sharded))
-    assert got == ref < 5, (got, ref)
+    for score in (None, inference.make_objective("s", 10)):
+        ref = int(inference.exhaustive(net, net.params, padded, x, w, None, score=score))
+        got = int(run(lambda b, s=score: sharding.sharded_exhaustive(
+            net, net.params, b, x, w, mesh, score=s), sharded))
+        assert got == ref < 5, (got, ref)
     print("task-sharded bank ok")
 
 

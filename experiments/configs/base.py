@@ -90,6 +90,14 @@ def parse_variants(variants: str | None) -> set[str]:
     return {v.strip() for v in (variants or "").split(",") if v.strip()}
 
 
+def use_shortlist(c) -> None:
+    """Issue 14's task inference: the first layer's alpha-gradient names 16 tasks, S under
+    each mask alone picks one (``supsup_jax.inference.shortlist``; RESULTS.md)."""
+    c.inference.method = "shortlist"
+    c.inference.layers = ("layers/0/kernel",)
+    c.name += "_shortlist"
+
+
 def apply_common_variants(c, variants: set[str], known: set[str]) -> ml_collections.ConfigDict:
     """``fashion``: Fashion-MNIST instead of MNIST (the twin that runs on this machine)."""
     unknown = variants - known - {"tiny", "fashion"}

@@ -12,7 +12,12 @@ ranks best, re-ranked by S under each mask alone, ``supsup_jax.inference.shortli
 RESULTS.md), ``fashion`` (PermutedFashionMNIST, runs here), ``tiny`` (CPU smoke test).
 """
 
-from experiments.configs.base import apply_common_variants, base_config, parse_variants
+from experiments.configs.base import (
+    apply_common_variants,
+    base_config,
+    parse_variants,
+    use_shortlist,
+)
 
 
 def get_config(variants: str | None = None):
@@ -26,8 +31,6 @@ def get_config(variants: str | None = None):
         c.name += "_lenet"
     c.inference.objective = "h" if "h" in v else "g"
     c.name += "_" + c.inference.objective
-    if "shortlist" in v:  # issue 14's rule: the first layer's gradient ranks, S re-ranks 16
-        c.inference.method = "shortlist"
-        c.inference.layers = ("layers/0/kernel",)
-        c.name += "_shortlist"
+    if "shortlist" in v:
+        use_shortlist(c)
     return apply_common_variants(c, v, {"lenet", "h", "g", "shortlist"})

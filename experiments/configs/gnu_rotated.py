@@ -7,7 +7,12 @@ Reproduce:
     python -m experiments.run --config=experiments/configs/gnu_rotated.py --workdir=runs/rotated
 """
 
-from experiments.configs.base import apply_common_variants, base_config, parse_variants
+from experiments.configs.base import (
+    apply_common_variants,
+    base_config,
+    parse_variants,
+    use_shortlist,
+)
 
 
 def get_config(variants: str | None = None):
@@ -24,8 +29,6 @@ def get_config(variants: str | None = None):
     if "g" in v:  # the superfluous-neuron objective instead of the paper's H
         c.inference.objective = "g"
         c.name += "_g"
-    if "shortlist" in v:  # issue 14's rule: the first layer's gradient ranks, S re-ranks 16
-        c.inference.method = "shortlist"
-        c.inference.layers = ("layers/0/kernel",)
-        c.name += "_shortlist"
+    if "shortlist" in v:
+        use_shortlist(c)
     return apply_common_variants(c, v, {"g", "shortlist"})

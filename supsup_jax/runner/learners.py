@@ -31,8 +31,8 @@ def task_inference(config, stream, masked=None) -> scenarios.TaskInference:
     name (checked here, before any training)."""
     inf = config.inference
     layers = tuple(inf.layers) or None
-    unknown = sorted(set(layers or ()) - set(masked or ()))
-    if masked is not None and unknown:
+    unknown = sorted(set(layers) - set(masked)) if layers and masked is not None else []
+    if unknown:
         raise ConfigError(f"config field inference.layers names {unknown}, not masked layers "
                           f"of this model: {sorted(masked)}")
     return scenarios.TaskInference(inf.method, inf.objective,
