@@ -14,6 +14,7 @@ Figures (SPEC 2.2):
 
 * ``permuted``: PermutedMNIST 250 tasks, FC 1024-1024: SupSup GNu (G and H) against BatchE GG
   and PSP GG (paper Fig. 3 right); ``permuted_fashion``: its Fashion-MNIST twin;
+* ``permuted_fashion_lenet``: the same with LeNet 300-100 (SupSup output 100; paper Fig. 3 left);
 * ``permuted_fashion10``: the same on PermutedFashionMNIST with 10 tasks, evaluated at
   1, 2, 4, 6, 8, 10 tasks (the measured gate in ``experiments/RESULTS.md``);
 * ``batche_oneshot``: PermutedMNIST: One-Shot task inference on BatchE's rank-one factors
@@ -56,6 +57,12 @@ FIGURES: dict[str, list[tuple[str, str, str, dict]]] = {
         ("supsup_gnu_h", _P, "supsup,h,fashion", {}),
         ("batche_gg", _P, "batche,fashion", {}),
         ("psp_gg", _P, "psp,fashion", {}),
+    ],
+    "permuted_fashion_lenet": [
+        ("supsup_gnu_g", _P, "supsup,g,lenet,fashion", {}),
+        ("supsup_gnu_h", _P, "supsup,h,lenet,fashion", {}),
+        ("batche_gg", _P, "batche,lenet,fashion", {}),
+        ("psp_gg", _P, "psp,lenet,fashion", {}),
     ],
     "permuted_fashion10": [
         ("supsup_gnu_g", _P, "supsup,g,fashion", _TEN),

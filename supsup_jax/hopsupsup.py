@@ -222,7 +222,7 @@ class HopfieldRecovery:
 
     def recover(self, memory: Mapping[str, jax.Array], stored: Mapping[str, jax.Array] | None,
                 images, key: jax.Array | None = None,
-                true_masks: Mapping[str, Any] | None = None, *, params=None,
+                true_masks: Mapping[str, Any] | None = None, *,
                 candidates: Mapping[str, np.ndarray] | None = None) -> RecoveryResult:
         """Recover the mask of the (unknown) task of ``images`` with ``self.method``.
 
@@ -240,7 +240,7 @@ class HopfieldRecovery:
         Returns:
           A :class:`RecoveryResult`.
         """
-        params = self.network.params if params is None else params
+        params = self.network.params
         self._check_memory(memory)
         self._check_images(images)
         if true_masks is not None:
@@ -338,14 +338,14 @@ class HopfieldRecovery:
                                        self.preprocess(images, None, False), False)
         return count_correct(logits, labels)
 
-    def accuracy(self, masks: Mapping[str, Any], images, labels, key: jax.Array | None = None,
-                 *, params=None) -> float:
+    def accuracy(self, masks: Mapping[str, Any], images, labels,
+                 key: jax.Array | None = None) -> float:
         """Accuracy of ``f(x; mask)``, argmax over all outputs, in batches of ``batch_size``.
 
         The batches are those of :meth:`recover` for the same ``key``. Each batch is normalised
         with its own statistics, so batches are never padded (which would change them).
         """
-        params = self.network.params if params is None else params
+        params = self.network.params
         self._check_masks(masks)
         self._check_images(images)
         labels = np.asarray(labels)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -109,9 +108,10 @@ class TaskInference:
         return method(network, params, bank, x, weights, objective)
 
 
-@functools.partial(jax.jit, static_argnames=("network", "how", "preprocess", "shared_labels"))
-def _evaluate_batches(params, bank, images, labels, true_task, *, network, how, preprocess,
+@functools.partial(jax.jit, static_argnames=("how", "preprocess", "shared_labels"))
+def _evaluate_batches(network, bank, images, labels, true_task, *, how, preprocess,
                       shared_labels):
+    params = network.params
     precomputed = how.precompute(bank)
 
     def one(batch):
@@ -148,12 +148,11 @@ def evaluate_unknown_task(
     *,
     batch_size: int = 128,
     shared_labels: bool = False,
-    params: Any = None,
 ) -> dict[str, float]:
     """GNu (or GNs with ``shared_labels``) accuracy of one task's test set.
 
     Args:
-      network: the model; ``params`` defaults to its frozen weights.
+      network: the model (its frozen weights ``network.params`` are a traced argument).
       bank: the learned masks (at least one task).
       images: uint8 ``(N, *input_shape)``; labels: int ``(N,)``; true_task: the slot that
         learned this data (for GNu scoring and the task-inference accuracy), or ``None`` when
@@ -167,12 +166,11 @@ def evaluate_unknown_task(
       of images whose inferred task is ``true_task``.
     """
     _check(network, bank, images, labels, how, batch_size, true_task, shared_labels)
-    params = network.params if params is None else params
     n = len(labels)
     x, y = shuffled_batches(images, labels, key, batch_size)
     correct, task_correct, no_task = _evaluate_batches(
-        params, bank, x, y,
-        jnp.int32(-1 if true_task is None else true_task), network=network, how=how,
+        network, bank, x, y,
+        jnp.int32(-1 if true_task is None else true_task), how=how,
         preprocess=preprocess, shared_labels=shared_labels)
     raise_if_no_signal(int(no_task), n, how)
     out = {"accuracy": float(correct) / n}

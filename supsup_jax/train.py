@@ -135,8 +135,7 @@ class Trainer:
         scores = optax.apply_updates(state.scores, updates)
         return TaskState(scores, stats, opt_state), {"loss": loss, "accuracy": acc}
 
-    def train_batches(self, state: TaskState, images, labels, key: jax.Array, start_step: int,
-                      *, params: Params | None = None):
+    def train_batches(self, state: TaskState, images, labels, key: jax.Array, start_step: int):
         """Train on given batches: uint8 ``images`` ``[c, B, *input_shape]``, ``labels``
         ``[c, B]``; step ``start_step + i`` uses ``fold_in(key, start_step + i)``.
 
@@ -145,9 +144,8 @@ class Trainer:
         Raises:
           TrainingDivergedError: the loss or the new state is not finite (one host sync).
         """
-        params = self.network.params if params is None else params
         state = jax.tree.map(jnp.copy, state)  # run_chunk donates it; the caller keeps theirs
-        state, metrics = self.loop.run_chunk(params, state, jnp.asarray(images),
+        state, metrics = self.loop.run_chunk(self.network.params, state, jnp.asarray(images),
                                              jnp.asarray(labels, jnp.int32), key, start_step)
         check_finite(state, metrics, start_step, start_step + len(images))
         return state, metrics
@@ -176,7 +174,6 @@ class Trainer:
         batch_size: int,
         *,
         start_step: int = 0,
-        params: Params | None = None,
         on_chunk: Callable[[int, dict], None] | None = None,
     ) -> TaskState:
         """Train one task's scores for ``num_steps`` optimiser steps from ``start_step``.
@@ -191,7 +188,7 @@ class Trainer:
           on_chunk: called after each chunk with ``(steps_done, metrics)`` for progress reporting
             (outside jit; the metrics are device scalars, so reading them syncs).
         """
-        params = self.network.params if params is None else params
+        params = self.network.params
         self._check_data(images, labels)
         masking.check_scores(self.weights, state.scores)
         data_parallel = (jax.device_count() > 1 if self.data_parallel is None
@@ -276,7 +273,7 @@ class Trainer:
 
         return self._over_tasks(one, tasks, images, labels)
 
-    def evaluate(self, masks, batch_stats, images, labels, *, params: Params | None = None):
+    def evaluate(self, masks, batch_stats, images, labels):
         """GG accuracy of one task: argmax over all outputs of ``f(x; W * M)`` against labels.
 
         Args:
@@ -287,13 +284,13 @@ class Trainer:
         Returns:
           A float32 scalar.
         """
-        params = self.network.params if params is None else params
+        params = self.network.params
         self._check_data(images, labels)
         self._check_masks(masks, stacked=False)
         return self._evaluate(params, masks, batch_stats, jnp.asarray(images),
                               jnp.asarray(labels, jnp.int32))
 
-    def evaluate_tasks(self, masks, batch_stats, images, labels, *, params: Params | None = None):
+    def evaluate_tasks(self, masks, batch_stats, images, labels):
         """GG accuracy of every task in one call, ``jax.vmap`` over the leading task axis
         (``lax.map`` on CPU, where that is faster).
 
@@ -306,7 +303,7 @@ class Trainer:
         Returns:
           float32 ``(T,)`` accuracies.
         """
-        params = self.network.params if params is None else params
+        params = self.network.params
         images, labels = jnp.asarray(images), jnp.asarray(labels, jnp.int32)
         self._check_masks(masks, stacked=True)
         num = next(iter(masks.values())).shape[0]
@@ -317,7 +314,7 @@ class Trainer:
             self._check_data(images[t], labels[t], padded=True)
         return self._evaluate_tasks(params, masks, batch_stats, images, labels)
 
-    def evaluate_bank(self, bank, tasks, images, labels, *, params: Params | None = None):
+    def evaluate_bank(self, bank, tasks, images, labels):
         """GG accuracy of several tasks of a mask bank, each with its own mask and BN statistics,
         in one call: ``jax.vmap`` over the tasks (``lax.map`` on CPU). The masks are unpacked
         inside the call, so memory holds ``len(tasks)`` of them (one with ``lax.map``).
@@ -332,7 +329,7 @@ class Trainer:
         Returns:
           float32 ``(G,)`` accuracies.
         """
-        params = self.network.params if params is None else params
+        params = self.network.params
         tasks, images, labels = np.asarray(tasks), np.asarray(images), np.asarray(labels)
         if set(bank.bits) != set(self.weights):
             raise ValueError(f"the bank holds masks of {sorted(bank.bits)}; the masked weights "

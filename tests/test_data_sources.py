@@ -251,8 +251,13 @@ def test_tfds_mock_imagenet_lazy(isolated):
         batch = ds.train_images[np.array([0, 5, 5])]
         assert batch.shape == (3, 224, 224, 3) and batch.dtype == np.uint8
         np.testing.assert_array_equal(batch[1], batch[2])
+        # Training: the whole short side at 224 (random crops are drawn from it on device);
+        # evaluation: Resize(256) + CenterCrop(224).
         raw = tfds.data_source("imagenet2012", split="train", download=False)[5]["image"]
-        np.testing.assert_array_equal(batch[1], tfds_source.resize_center_crop(raw, 224, 256))
+        np.testing.assert_array_equal(batch[1], tfds_source.resize_center_crop(raw, 224, 224))
+        raw = tfds.data_source("imagenet2012", split="validation", download=False)[5]["image"]
+        np.testing.assert_array_equal(ds.test_images[np.array([5])][0],
+                                      tfds_source.resize_center_crop(raw, 224, 256))
 
         stream = split_imagenet(ds)
         assert stream.augment == "imagenet" and stream.num_tasks == 100

@@ -1,5 +1,7 @@
 """Model shapes, parameter counts and the per-task BatchNorm statistics."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,6 +17,30 @@ def test_mlp_shapes_and_no_bias():
         assert net.num_outputs == 500 and net.batch_stats == {}
         y, _ = net.apply(net.params, {}, jnp.zeros((3, 28, 28, 1)), False)
         assert y.shape == (3, 500)
+
+
+def test_network_is_a_pytree_traced_not_baked_into_jit():
+    net = models.lenet300_100(num_outputs=10)
+    leaves = jax.tree.leaves(net)
+    assert len(leaves) == 3 and all(a is b for a, b in zip(leaves, jax.tree.leaves(net.params)))
+    traces = []
+
+    @jax.jit
+    def logits(network, x):
+        traces.append(1)
+        return network.apply(network.params, network.batch_stats, x, False)[0]
+
+    x = jax.random.normal(jax.random.key(1), (2, 28, 28, 1))
+    last = sorted(masking.masked_leaves(net.params))[-1]
+    flipped = masking.mask_params(net.params, {last: jnp.float32(-1.0)})
+    a, b = logits(net, x), logits(dataclasses.replace(net, params=flipped), x)
+    # Other weights of the same network: one trace, and the weights really are arguments
+    # (no bias, so the logits are linear in the output layer's kernel).
+    assert len(traces) == 1
+    np.testing.assert_allclose(b, -a, rtol=1e-5, atol=1e-6)
+    # input_shape and num_outputs are static: a network of another width retraces.
+    logits(models.lenet300_100(num_outputs=12), x)
+    assert len(traces) == 2
 
 
 def test_lenet_2500_task_model_has_315200_weights():

@@ -204,7 +204,10 @@ def _try_tfds(name: str, data_dir: str, tried: list[str]) -> Dataset | None:
             for split in (train_split, test_split)
         }
         if name == "imagenet2012":
-            images = {s: tfds_source.TfdsImages(src) for s, src in sources.items()}
+            # Training crops are drawn on device from the whole short side (TfdsImages docs);
+            # evaluation is torchvision's Resize(256) + CenterCrop(224).
+            images = {train_split: tfds_source.TfdsImages(sources[train_split], 224, 224),
+                      test_split: tfds_source.TfdsImages(sources[test_split], 224, 256)}
             labels = {s: tfds_source.read_labels(tfds, name, s, data_dir, src)
                       for s, src in sources.items()}
         else:

@@ -74,9 +74,15 @@ class TfdsImages:
 
     ``images[indices]`` returns uint8 ``(n, size, size, 3)``: each image's shorter side is resized
     to ``resize_to`` (bilinear, PIL) and the centre ``size x size`` is cropped, as torchvision's
-    ``Resize(256)`` + ``CenterCrop(224)`` (the official SplitImageNet evaluation transform). For
-    training, build a larger view with ``with_size`` and apply ``random_resized_crop_flip`` on
-    device.
+    ``Resize(256)`` + ``CenterCrop(224)`` (the official SplitImageNet evaluation transform).
+
+    Training (``load_dataset("imagenet2012")``'s train split) uses ``size=resize_to=224``: the
+    shorter side resized to 224 and the centre square kept, i.e. the whole short side, on which
+    ``random_resized_crop_flip`` draws torchvision's RandomResizedCrop boxes on device (fixed
+    shapes, one key per step, so resumed runs see the same crops). Two differences from
+    torchvision, which crops the original image: boxes cannot reach the ends of the long side
+    (for a 4:3 image, one eighth at each end), and small boxes are upsampled from the 224-pixel
+    view rather than from the original resolution.
 
     Decoding is per image in Python; run the fetch in a background thread to overlap it with the
     device step.
@@ -97,10 +103,6 @@ class TfdsImages:
         self.size = size
         self.resize_to = resize_to
         self._getter: Callable[[list[int]], list[Any]] | None = None
-
-    def with_size(self, size: int, resize_to: int | None = None) -> TfdsImages:
-        """The same images with another crop size (and shorter-side resize, default ``size``)."""
-        return TfdsImages(self.source, size, size if resize_to is None else resize_to)
 
     @property
     def shape(self) -> tuple[int, int, int, int]:

@@ -9,6 +9,7 @@ following Flax's performance guidance (``nnx.split``/``nnx.merge`` around plain 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -21,9 +22,16 @@ Params = Any
 ApplyFn = Callable[[Params, Params, jax.Array, bool], tuple[jax.Array, Params]]
 
 
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["params", "batch_stats"],
+                   meta_fields=["apply", "input_shape", "num_outputs"])
 @dataclasses.dataclass(frozen=True, eq=False)
 class Network:
     """A model as pure data plus one pure function.
+
+    A pytree: its leaves are ``params`` and ``batch_stats``, while ``apply``, ``input_shape``
+    and ``num_outputs`` are static. Pass it to a jitted function as an ordinary argument (the
+    weights are then traced, not baked into the program as constants); for other weights, e.g.
+    a baseline's trained ``W``, use ``dataclasses.replace(network, params=w)``.
 
     Attributes:
       apply: ``apply(params, batch_stats, x, train) -> (logits, new_batch_stats)``; ``x`` is a
