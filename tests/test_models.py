@@ -22,7 +22,8 @@ def test_mlp_shapes_and_no_bias():
 def test_network_is_a_pytree_traced_not_baked_into_jit():
     net = models.lenet300_100(num_outputs=10)
     leaves = jax.tree.leaves(net)
-    assert len(leaves) == 3 and all(a is b for a, b in zip(leaves, jax.tree.leaves(net.params), strict=True))
+    assert len(leaves) == 3
+    assert all(a is b for a, b in zip(leaves, jax.tree.leaves(net.params), strict=True))
     traces = []
 
     @jax.jit
