@@ -101,3 +101,76 @@ def test_runner_resumes_an_interrupted_nns_run_to_the_same_results(tmp_path, fas
     resumed = train_and_evaluate(c, tmp_path / "cut")
     for k in ("accuracy_matrix", "inferred_accuracy_matrix", "masks_allocated"):
         assert resumed[k] == full[k], k
+
+
+def _covered(blocks, num_tasks, steps):
+    seen = {t: [] for t in range(num_tasks)}
+    for block in blocks:
+        for task, step, count in block:
+            seen[task].extend(range(step, step + count))
+    return all(sorted(v) == list(range(steps)) for v in seen.values())
+
+
+def test_nns_stream_blocks_cover_every_batch_once_with_task_changes_inside_blocks():
+    from supsup_jax.runner import nns_stream
+
+    aligned = nns_stream.blocks(3, 250, 100, "aligned")
+    assert [[tuple(p) for p in b] for b in aligned] == [
+        [(t, s, c)] for t in range(3) for s, c in ((0, 100), (100, 100), (200, 50))]
+    cont = nns_stream.blocks(3, 300, 100, "continuous", offset=30)
+    assert _covered(cont, 3, 300)
+    assert [sum(p.count for p in b) for b in cont] == [30] + [100] * 8 + [70]
+    # Every task change falls 30 batches into a block (the block holds both tasks).
+    mixed = [[(p.task, p.count) for p in b] for b in cont if len(b) > 1]
+    assert mixed == [[(0, 70), (1, 30)], [(1, 70), (2, 30)]]
+    for seed in range(5):
+        rev = nns_stream.blocks(6, 300, 100, "revisit", offset=30, visits=3, seed=seed)
+        assert _covered(rev, 6, 300)
+        order = [(p.task, p.step) for b in rev for p in b]
+        firsts = [order.index((t, 0)) for t in range(6)]
+        assert firsts == sorted(firsts)  # tasks start in order...
+        assert all(order.index((t, s)) > firsts[t] for t, s in order if s)  # ...and return
+    rev = nns_stream.blocks(6, 300, 100, "revisit", visits=3, seed=0)
+    late = [(t, s) for b in rev for t, s, _ in b]
+    assert any(late.index((t, 200)) > late.index((t + 1, 0)) for t in range(5))
+    with pytest.raises(ValueError, match="boundaries must be one of"):
+        nns_stream.blocks(3, 300, 100, "random")
+
+
+def test_slot_purity_against_hand_count():
+    from supsup_jax.runner import nns_stream
+
+    usage = [[[0, 100], [0, 70]], [[0, 30], [1, 100], [None, 20]], [[1, 50], [2, 50]]]
+    p = nns_stream.slot_purity(usage)
+    # slot 0: task 0 170, task 1 30; slot 1: task 1 100, task 2 50; slot 2: task 2 50.
+    assert p["slots"] == {"0": {"0": 170, "1": 30}, "1": {"1": 100, "2": 50}, "2": {"2": 50}}
+    assert p["purity"] == pytest.approx((170 + 100 + 50) / 400)  # skipped batches excluded
+    assert nns_stream.slot_purity([[[None, 5]]])["purity"] is None
+
+
+@pytest.mark.parametrize("boundaries", ["continuous", "revisit"])
+def test_runner_nns_on_a_stream_unaligned_with_its_blocks(tmp_path, fashion_mnist, boundaries,
+                                                          monkeypatch):
+    from experiments.configs import gnu_2500
+    from supsup_jax.runner import train_and_evaluate
+
+    c = gnu_2500.get_config("tiny,fashion,nns")
+    c.quiet = True
+    c.nns.boundaries = boundaries
+    seen = []
+    original = nns.NNsLearner.learn_block
+
+    def learn_block(self, state, images, labels):
+        seen.append(len(images))
+        return original(self, state, images, labels)
+
+    monkeypatch.setattr(nns.NNsLearner, "learn_block", learn_block)
+    res = train_and_evaluate(c, tmp_path / boundaries)
+    assert seen[0] == c.nns.offset and sum(seen) == c.num_tasks * c.steps
+    assert res["nns"]["boundaries"] == boundaries
+    trained = sum(sum(v.values()) for v in res["nns"]["slots"].values())
+    assert trained <= c.num_tasks * c.steps and 0 < res["nns"]["purity"] <= 1
+    assert res["masks_allocated"] >= 1
+    m = np.array(res["inferred_accuracy_matrix"], dtype=float)
+    last = c.num_tasks - 1
+    assert np.all(np.isfinite(m[last, : last + 1]))

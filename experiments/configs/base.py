@@ -66,7 +66,11 @@ def base_config() -> ml_collections.ConfigDict:
          "layers": ()})
     c.test_batch_size = 128
     c.eval_at = ()  # tasks-learned counts to evaluate at; empty: after every task
-    c.nns = ml_collections.ConfigDict({"decide_every": 100, "eps": 2.0**-3, "budget": 2500})
+    # NNs' stream (supsup_jax/runner/nns_stream.py): task changes fall `offset` batches into a
+    # decision block ("continuous"), also with tasks returning in `visits` pieces ("revisit"),
+    # or on block starts ("aligned", the first round's runner).
+    c.nns = ml_collections.ConfigDict({"decide_every": 100, "eps": 2.0**-3, "budget": 2500,
+                                       "boundaries": "continuous", "offset": 50, "visits": 2})
     # HopSupSup (method "hopsupsup", model "bnnet", SPEC 1.9): storage and recovery.
     c.hopfield = ml_collections.ConfigDict({
         "method": "attractor",

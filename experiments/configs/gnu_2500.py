@@ -2,7 +2,10 @@
 
 One-Shot from one image per batch, objective H (``g`` variant: G); checkpoints of the accuracy
 at 10, 500, 1000, 1500, 2000 and 2500 tasks. ``nns`` runs scenario NNs (no task identity, a
-decision every 100 batches, eps 2^-3, a budget of 2500 masks). Reproduce:
+decision every 100 batches, eps 2^-3, a budget of 2500 masks) on one continuous stream whose task
+changes fall 50 batches into a decision block; ``aligned`` restarts the blocks at every task (the
+first round's runner), ``revisit`` splits each task into two pieces that return out of order
+(``supsup_jax/runner/nns_stream.py``). Reproduce:
 
     python -m experiments.run --config=experiments/configs/gnu_2500.py --workdir=runs/gnu2500
     python -m experiments.run --config=experiments/configs/gnu_2500.py:nns --workdir=runs/nns2500
@@ -23,8 +26,14 @@ def get_config(variants: str | None = None):
         c.name = "nns_2500"
         c.scenario = "NNs"
         c.inference.objective = "h"
-    c = apply_common_variants(c, v, {"nns", "g"})
+        for boundaries in ("aligned", "revisit"):
+            if boundaries in v:
+                c.nns.boundaries = boundaries
+                c.name += "_" + boundaries
+    elif v & {"aligned", "revisit"}:
+        raise ValueError("the aligned and revisit variants are NNs streams: add nns")
+    c = apply_common_variants(c, v, {"nns", "g", "aligned", "revisit"})
     if "tiny" in v and "nns" in v:
-        c.nns.decide_every = 10
+        c.nns.decide_every, c.nns.offset = 10, 5
         c.nns.budget = 6
     return c

@@ -21,6 +21,7 @@ class Stream(enum.IntEnum):
     NNS = 3  # the NNs learner's scores, reference masks and batch keys
     METHOD_SETUP = 4  # a baseline's fixed random parts (PSP's contexts)
     METHOD_INIT = 5  # a baseline's initial state
+    NNS_ORDER = 6  # the order in which NNs' returning task pieces arrive (revisit)
 
 
 def key(config, stream: Stream, *path: int) -> jax.Array:

@@ -31,7 +31,8 @@ RUNTIME_KEYS = ("quiet", "data_dir", "tensorboard")
 # A dotted key is a field of a sub-dict (values as the JSON fingerprint holds them).
 ADDED_FIELDS = {"method": "supsup", "rand_w": False, "weight_lr": None,
                 "psp_context": "orthogonal", "interpolation": "bilinear",
-                "inference.shortlist": 16, "inference.rerank": "s", "inference.layers": []}
+                "inference.shortlist": 16, "inference.rerank": "s", "inference.layers": [],
+                "nns.boundaries": "aligned", "nns.offset": 50, "nns.visits": 2}
 
 
 def config_dict(config) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import numpy as np
 from supsup_jax import distributed, nns, plots, results, scenarios
 from supsup_jax.data import BatchIterator
 from supsup_jax.errors import TrainingDivergedError
-from supsup_jax.runner import record
+from supsup_jax.runner import nns_stream, record
 from supsup_jax.runner.build import eval_points, steps_per_task, test_data
 from supsup_jax.runner.keys import Stream, key
 from supsup_jax.runner.learners import bank_bytes
@@ -120,11 +120,17 @@ def run_tasks(config, workdir, stream, learner, ckpts):
 
 
 def run_nns(config, workdir, stream, trainer, ckpts):
-    """NNs (SPEC 1.7): the stream visits the true tasks in order; the learner sees only
-    batches and decides every ``config.nns.decide_every`` of them."""
+    """NNs (SPEC 1.7): the learner sees only a stream of batches (``config.nns.boundaries``,
+    :mod:`supsup_jax.runner.nns_stream`) and decides every ``config.nns.decide_every`` of them.
+
+    Row ``t`` is evaluated once every batch of tasks ``0..t`` has been trained on; a checkpoint
+    is written after each block in which a piece of a task ends."""
     num = config.num_tasks
     steps = steps_per_task(config, stream)
     every = config.nns.decide_every
+    schedule = nns_stream.blocks(num, steps, every, config.nns.boundaries,
+                                 offset=config.nns.offset, visits=config.nns.visits,
+                                 seed=_seed(key(config, Stream.NNS_ORDER)))
     learner = nns.NNsLearner(trainer, budget=config.nns.budget, key=key(config, Stream.NNS),
                              objective=config.inference.objective,
                              num_real=stream.task(0).num_classes, eps=config.nns.eps)
@@ -136,48 +142,97 @@ def run_nns(config, workdir, stream, trainer, ckpts):
     learned = learner.init()
     start, meta, state = resume_point(config, ckpts, restore)
     rows: dict[str, dict] = {}
-    wall: list[float] = []
-    usage: list[list[int | None]] = []
+    wall = [0.0] * num
+    usage: list[list[list]] = [[] for _ in range(num)]
+    done = 0  # blocks trained
     if meta is not None:
         learned = nns.NNsState(state["bank"], tuple(state["states"]), tuple(meta["steps"]),
                                tuple(meta["decisions"]))
-        rows, wall, usage = meta["rows"], meta["wall"], meta["usage"]
+        rows = meta["rows"]
+        # Checkpoints from before the continuous stream: step = tasks done, one slot per block.
+        done = meta.get("blocks", start * -(-steps // every))
+        wall[:len(meta["wall"])] = meta["wall"]
+        usage[:len(meta["usage"])] = [
+            [u if isinstance(u, list) else [u, min(every, steps - every * i)]
+             for i, u in enumerate(task)] for task in meta["usage"]]
     how = scenarios.TaskInference("one_shot", config.inference.objective,
                                   num_real=stream.task(0).num_classes, m=config.inference.m)
     points = eval_points(config)
-    progress = Progress(config.quiet, num, start)
-    for t in range(start, num):
+    trained = [sum(n for _, n in u) for u in usage]
+    complete = _complete_prefix(trained, steps)
+    progress = Progress(config.quiet, num, complete)
+    iterators: dict[int, BatchIterator] = {}
+
+    def batches(piece):
+        task = stream.task(piece.task)
+        if piece.task not in iterators:
+            iterators[piece.task] = BatchIterator(
+                len(task.train_labels), config.batch_size,
+                key(config, Stream.TRAIN_BATCHES, piece.task))
+        idx = iterators[piece.task].index_chunk(piece.step, piece.count)
+        return task.train_images[idx], task.train_labels[idx]
+
+    for b in range(done, len(schedule)):
         t0 = time.perf_counter()
-        task = stream.task(t)
-        it = BatchIterator(len(task.train_labels), config.batch_size,
-                           key(config, Stream.TRAIN_BATCHES, t))
-        used = []
-        bar = progress.steps(t, steps)
-        for s in range(0, steps, every):
-            idx = it.index_chunk(s, min(every, steps - s))
-            with _naming_the_task(t):
-                learned, slot = learner.learn_block(learned, task.train_images[idx],
-                                                    task.train_labels[idx])
-            used.append(slot)
-            bar.update(len(idx))
-        bar.close()
-        usage.append(used)
-        if t + 1 in points:
-            rows[str(t)] = _nns_row(config, trainer, learned.bank, stream, usage, t, how)
-        wall.append(time.perf_counter() - t0)
-        meta = {"config": record.comparable(config), "rows": rows, "wall": wall, "usage": usage,
-                "num_masks": learned.num_masks, "steps": list(learned.steps),
-                "decisions": list(learned.decisions)}
-        ckpts.save(t + 1, {"bank": learned.bank, "states": list(learned.states)}, meta)
-        res = record.results_dict(config, rows, wall, bank_bytes(learned.bank),
-                                  learned.num_masks)
+        block = schedule[b]
+        parts = [batches(p) for p in block]
+        images = np.concatenate([x for x, _ in parts])
+        labels = np.concatenate([y for _, y in parts])
+        with _naming_the_task(block[0].task):
+            learned, slot = learner.learn_block(learned, images, labels)
+        for p in block:
+            usage[p.task].append([slot, p.count])
+            trained[p.task] += p.count
+        before, complete = complete, _complete_prefix(trained, steps)
+        for t in range(before, complete):
+            if t + 1 in points:
+                rows[str(t)] = _nns_row(config, trainer, learned.bank, stream, usage, t, how)
+        seconds = time.perf_counter() - t0
+        for p in block:
+            wall[p.task] += seconds * p.count / len(images)
+        if not _piece_ends(schedule, b):
+            continue  # the block only continues a piece: no checkpoint
+        seen = max(t for t in range(num) if trained[t]) + 1
+        meta = {"config": record.comparable(config), "rows": rows, "wall": wall[:seen],
+                "usage": usage[:seen], "num_masks": learned.num_masks,
+                "steps": list(learned.steps), "decisions": list(learned.decisions),
+                "blocks": b + 1}
+        ckpts.save(b + 1, {"bank": learned.bank, "states": list(learned.states)}, meta)
+        res = _nns_results(config, rows, wall[:complete], learned, usage)
         if distributed.is_primary():
             results.write_results(workdir, res)
-        progress.task_done(f"task {t}: {steps / wall[-1]:.0f} steps/s, masks allocated "
-                           f"{learned.num_masks}")
+        for t in range(before, complete):
+            progress.task_done(f"task {t}: {steps / wall[t]:.0f} steps/s, masks allocated "
+                               f"{learned.num_masks}")
     progress.close()
-    return _finish(config, workdir, record.results_dict(
-        config, rows, wall, bank_bytes(learned.bank), learned.num_masks))
+    return _finish(config, workdir, _nns_results(config, rows, wall, learned, usage))
+
+
+def _seed(k: jax.Array) -> int:
+    return int(np.asarray(jax.random.key_data(k)).ravel()[-1])
+
+
+def _complete_prefix(trained: list[int], steps: int) -> int:
+    """How many tasks ``0..t-1`` have had all their batches."""
+    n = 0
+    while n < len(trained) and trained[n] >= steps:
+        n += 1
+    return n
+
+
+def _piece_ends(schedule, b: int) -> bool:
+    """Whether a piece of the stream ends in block ``b`` (one that the next block does not
+    continue)."""
+    if len(schedule[b]) > 1 or b + 1 == len(schedule):
+        return True
+    last, nxt = schedule[b][-1], schedule[b + 1][0]
+    return (nxt.task, nxt.step) != (last.task, last.step + last.count)
+
+
+def _nns_results(config, rows, wall, learned, usage) -> dict:
+    return record.results_dict(config, rows, wall, bank_bytes(learned.bank), learned.num_masks,
+                               nns={"boundaries": config.nns.boundaries,
+                                    **nns_stream.slot_purity(usage)})
 
 
 def _nns_row(config, trainer, bank, stream, usage, t, how) -> dict:
@@ -185,9 +240,12 @@ def _nns_row(config, trainer, bank, stream, usage, t, how) -> dict:
     gg, inferred = [], []
     for i in range(t + 1):
         x, y = test_data(config, stream, i)
-        slots = [s for s in usage[i] if s is not None]
-        if slots:
-            own = max(set(slots), key=slots.count)
+        batches: dict[int, int] = {}
+        for slot, n in usage[i]:
+            if slot is not None:
+                batches[slot] = batches.get(slot, 0) + n
+        if batches:
+            own = min(batches, key=lambda s: (-batches[s], s))
             gg.append(float(trainer.evaluate(bank.task_masks(own), {}, x, y)))
         else:
             gg.append(None)

@@ -13,6 +13,7 @@ import os
 from supsup_jax import baselines, inference, masks
 from supsup_jax.data import DATASET_NAMES
 from supsup_jax.errors import ConfigError
+from supsup_jax.runner import nns_stream
 from supsup_jax.runner.build import SCENARIOS
 from supsup_jax.steps import OPTIMIZERS, SCHEDULES
 
@@ -119,6 +120,9 @@ def check_config(config) -> None:
     _int(config, "nns.decide_every", 1)
     _real(config, "nns.eps", positive=True)
     _int(config, "nns.budget", 1)
+    _choice(config, "nns.boundaries", nns_stream.BOUNDARIES)
+    _int(config, "nns.offset", 0, config.nns.decide_every - 1)
+    _int(config, "nns.visits", 1)
 
 
 def check_against_stream(config, stream) -> None:
