@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from supsup_jax import bank as bank_lib
-from supsup_jax import inference
+from supsup_jax import inference, sharding
 from supsup_jax.errors import NoTaskSignalError
 from supsup_jax.models.network import Network
 
@@ -46,6 +46,10 @@ class TaskInference:
         or ``"h"``.
       layers: masked-layer paths whose alpha-gradient terms rank the tasks (``None``: all),
         for the gradient methods (``inference.alpha_gradient``'s ``layers``).
+      mesh: a ``jax.sharding.Mesh`` with a ``"tasks"`` axis to spread the bank's task axis
+        over (:func:`supsup_jax.sharding.shard_bank`; :func:`evaluate_unknown_task` places
+        it): the gradient and Exhaustive's scores are then computed per device on its own
+        tasks. ``None``: one device.
     """
 
     method: str = "one_shot"
@@ -56,6 +60,7 @@ class TaskInference:
     shortlist: int = 16
     rerank: str = "s"
     layers: tuple[str, ...] | None = None
+    mesh: jax.sharding.Mesh | None = None
 
     def __post_init__(self):
         if self.method not in inference.METHODS:
@@ -77,12 +82,14 @@ class TaskInference:
             if self.method == "exhaustive":
                 raise ValueError("layers selects the gradient's terms; exhaustive uses no "
                                  "gradient")
+        if self.mesh is not None and "tasks" not in self.mesh.shape:
+            raise ValueError(f"mesh must have a 'tasks' axis, got axes {tuple(self.mesh.shape)}")
 
     def precompute(self, bank: bank_lib.MaskBank):
         """Per-bank work every batch shares: One-Shot's uniform superposition ``sum_i M_i / k``
         (the same for every batch) for One-Shot and the shortlist, ``None`` otherwise."""
-        if self.method not in ("one_shot", "shortlist"):
-            return None
+        if self.method not in ("one_shot", "shortlist") or self.mesh is not None:
+            return None  # sharded: each device superposes its own tasks
         return bank_lib.superpose(inference.uniform_alpha(bank), bank)
 
     def infer(self, network: Network, params, bank, x, valid, precomputed=None) -> jax.Array:
@@ -95,7 +102,13 @@ class TaskInference:
             method = functools.partial(method, size=self.shortlist, rerank=score)
         elif self.method == "exhaustive":
             method = functools.partial(method, score=score)
-        if self.layers is not None:
+        if self.mesh is not None and self.method == "exhaustive":
+            method = lambda net, p, b, x, w, objective: sharding.sharded_exhaustive(  # noqa: E731
+                net, p, b, x, w, self.mesh, score=score)
+        elif self.mesh is not None:
+            method = functools.partial(method, gradient=sharding.sharded_gradient(
+                self.mesh, layers=self.layers))
+        elif self.layers is not None:
             method = functools.partial(method, gradient=functools.partial(
                 inference.alpha_gradient, layers=self.layers))
         if precomputed is not None:
@@ -166,6 +179,8 @@ def evaluate_unknown_task(
       of images whose inferred task is ``true_task``.
     """
     _check(network, bank, images, labels, how, batch_size, true_task, shared_labels)
+    if how.mesh is not None:
+        bank = sharding.shard_bank(bank, how.mesh)
     n = len(labels)
     x, y = shuffled_batches(images, labels, key, batch_size)
     correct, task_correct, no_task = _evaluate_batches(

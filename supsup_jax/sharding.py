@@ -114,12 +114,14 @@ def _local_bank(bank: bank_lib.MaskBank, bits, batch_stats=None) -> bank_lib.Mas
 
 
 def sharded_alpha_gradient(network, params, bank, alpha, x, weights, objective,
-                           superposed=None, grad_rows=None, *, mesh, axis: str = "tasks"):
+                           superposed=None, grad_rows=None, *, mesh, axis: str = "tasks",
+                           layers=None):
     """``(objective, d objective / d alpha)`` with the bank's task axis sharded over ``axis``.
 
     Equals :func:`inference.alpha_gradient` (same signature, ``superposed`` ignored: each device
     superposes its own slots). Per device: the partial superposition of its tasks, one ``psum``
-    of ``P`` floats, the forward/backward pass, and the contraction of its tasks' ``grad_rows``.
+    of ``P`` floats, the forward/backward pass, and the contraction of its tasks' ``grad_rows``
+    (over the paths ``layers`` only, when given).
     """
     del superposed
     rows = bank.learned() if grad_rows is None else grad_rows
@@ -129,6 +131,8 @@ def sharded_alpha_gradient(network, params, bank, alpha, x, weights, objective,
         sup = jax.lax.psum(bank_lib.superpose(alpha, part), axis)
         value, ct = jax.value_and_grad(
             lambda m: objective(inference.masked_logits(network, params, m, x), weights))(sup)
+        if layers is not None:
+            part, ct = part.select(layers), {p: ct[p] for p in layers}
         return value, bank_lib.contract(part, ct, rows)
 
     fn = jax.shard_map(local, mesh=mesh, in_specs=(P(axis), P(axis), P(axis), P(), P(), P()),
@@ -136,9 +140,9 @@ def sharded_alpha_gradient(network, params, bank, alpha, x, weights, objective,
     return fn(bank.bits, alpha, rows, params, x, weights)
 
 
-def sharded_gradient(mesh, axis: str = "tasks") -> inference.GradientFn:
+def sharded_gradient(mesh, axis: str = "tasks", layers=None) -> inference.GradientFn:
     """:func:`sharded_alpha_gradient` on ``mesh``, as the ``gradient`` of the inference methods."""
-    return functools.partial(sharded_alpha_gradient, mesh=mesh, axis=axis)
+    return functools.partial(sharded_alpha_gradient, mesh=mesh, axis=axis, layers=layers)
 
 
 def sharded_one_shot(network, params, bank, x, weights, objective, mesh, axis="tasks"):

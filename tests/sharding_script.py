@@ -4,6 +4,8 @@ be set before JAX is imported, so these checks cannot share the test process).""
 import os
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
 os.environ["JAX_PLATFORMS"] = "cpu"
 
@@ -124,9 +126,56 @@ def check_task_sharded_bank():
         got = int(run(lambda b, s=score: sharding.sharded_exhaustive(
             net, net.params, b, x, w, mesh, score=s), sharded))
         assert got == ref < 5, (got, ref)
+    # Layer-restricted gradients (the shortlist's first-layer ranking) shard too.
+    first = ("layers/0/kernel",)
+    alpha = inference.uniform_alpha(padded)
+    _, g1 = inference.alpha_gradient(net, net.params, padded, alpha, x, w, inference.entropy,
+                                     layers=first)
+    _, g4 = run(lambda a, b: sharding.sharded_alpha_gradient(
+        net, net.params, b, a, x, w, inference.entropy, mesh=mesh, layers=first), alpha, sharded)
+    np.testing.assert_allclose(np.asarray(g4), np.asarray(g1), rtol=1e-4, atol=1e-7)
     print("task-sharded bank ok")
+
+
+def check_runner_gnu_on_sharded_bank():
+    """The runner's GNu rows use the task-sharded bank on several devices, with the same
+    accuracies as one device's bank (same masks: training is data parallel in both runs)."""
+    import tempfile
+
+    from experiments.configs import gnu_permuted
+    from supsup_jax.runner import learners, train_and_evaluate
+
+    placed = []
+    original = sharding.shard_bank
+
+    def shard_bank(bank, mesh, axis="tasks"):
+        placed.append(mesh.shape[axis])
+        return original(bank, mesh, axis)
+
+    sharding.shard_bank = shard_bank
+    out = {}
+    for name, mesh_fn in (("sharded", learners.bank_mesh), ("one", lambda: None)):
+        learners.bank_mesh = mesh_fn
+        for method in ("one_shot", "binary", "exhaustive", "shortlist"):
+            c = gnu_permuted.get_config("tiny,fashion")
+            c.inference.method, c.inference.m, c.quiet = method, 32, True
+            if method == "shortlist":
+                c.inference.shortlist, c.inference.layers = 2, ("layers/0/kernel",)
+            with tempfile.TemporaryDirectory() as d:
+                out[name, method] = train_and_evaluate(c, d)
+        if name == "sharded":
+            assert placed and set(placed) == {4}, placed
+            placed.clear()
+    assert not placed
+    for method in ("one_shot", "binary", "exhaustive", "shortlist"):
+        a, b = out["sharded", method], out["one", method]
+        for k in ("inferred_accuracy_matrix", "task_inference_matrix"):
+            np.testing.assert_allclose(np.array(a[k], float), np.array(b[k], float),
+                                       atol=1e-9, err_msg=f"{method} {k}")
+    print("runner GNu on the task-sharded bank ok")
 
 
 if __name__ == "__main__":
     assert len(jax.devices()) == 4, jax.devices()
-    {"data": check_data_parallel, "bank": check_task_sharded_bank}[sys.argv[1]]()
+    {"data": check_data_parallel, "bank": check_task_sharded_bank,
+     "runner": check_runner_gnu_on_sharded_bank}[sys.argv[1]]()

@@ -33,3 +33,35 @@ def test_two_processes_train_two_tasks_and_write_one_results_file(tmp_path, fash
     assert res["num_tasks"] == 2 and len(res["accuracy_matrix"]) == 2
     assert min(res["accuracy_matrix"][1]) > 0.5  # both tasks learned (10 classes)
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1", "2"]
+
+
+def test_two_processes_refuse_nns_before_writing_anything(tmp_path):
+    port = _free_port()
+    config = os.path.join(ROOT, "experiments", "configs", "gnu_2500.py")
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "experiments.run", f"--config={config}:tiny,fashion,nns",
+         f"--workdir={tmp_path / 'run'}", f"--coordinator_address=127.0.0.1:{port}",
+         "--num_processes=2", f"--process_id={i}"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for i in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, out in zip(procs, outs, strict=True):
+        assert p.returncode == 1, out[-3000:]
+        assert "error: scenario NNs trains on one process only" in out, out[-3000:]
+    assert not (tmp_path / "run").exists()
+
+
+def test_baselines_and_hopsupsup_refuse_several_processes(monkeypatch):
+    import jax
+    import pytest
+
+    from experiments.configs import compare_permuted, hopsupsup, main_fashion
+    from supsup_jax.errors import ConfigError
+    from supsup_jax.runner import build
+
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    for c in (compare_permuted.get_config("psp,tiny"), compare_permuted.get_config("batche"),
+              hopsupsup.get_config("tiny")):
+        with pytest.raises(ConfigError, match=f"method '{c.method}' trains on one process"):
+            build.check_method(c)
+    build.check_method(main_fashion.get_config("tiny"))  # SupSup GNu is data parallel

@@ -9,7 +9,7 @@ import pytest
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sharding_script.py")
 
 
-@pytest.mark.parametrize("check", ["data", "bank"])
+@pytest.mark.parametrize("check", ["data", "bank", "runner"])
 def test_on_four_simulated_devices(check):
     out = subprocess.run([sys.executable, SCRIPT, check], capture_output=True, text=True,
                          timeout=600)

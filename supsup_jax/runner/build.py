@@ -90,6 +90,14 @@ def check_method(config) -> None:
     if config.scenario not in SCENARIOS:
         raise ConfigError(f"unknown scenario {config.scenario!r}; choose one of {SCENARIOS}")
     method = config.method
+    if jax.process_count() > 1 and (method != "supsup" or config.scenario == "NNs"):
+        # Each process holds 1/P of the training data (make_stream); only SupSup's trainer
+        # reduces gradients across processes, so any other learner would diverge per process.
+        what = "scenario NNs" if method == "supsup" else f"method {method!r}"
+        raise ConfigError(
+            f"{what} trains on one process only: this run has {jax.process_count()} processes "
+            "(jax.distributed), and only SupSup in GG/GNu/GNs is data parallel across them; "
+            "run it as a single process (it uses one device)")
     if method == "hopsupsup":
         if config.model != "bnnet" or config.stream != "split_mnist":
             raise ConfigError("hopsupsup runs BNNet (model 'bnnet') on the split_mnist stream")

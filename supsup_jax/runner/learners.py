@@ -9,6 +9,8 @@ test_set, only) -> row`` (see :func:`supsup_jax.runner.record.accuracy_row`) and
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import numpy as np
 
@@ -20,10 +22,21 @@ from supsup_jax.evaluate import stack_test_sets
 from supsup_jax.runner.keys import Stream, key
 from supsup_jax.runner.record import accuracy_row
 
-__all__ = ["BaselineLearner", "SupSupLearner", "bank_bytes", "bank_gg", "task_inference"]
+__all__ = ["BaselineLearner", "SupSupLearner", "bank_bytes", "bank_gg", "bank_mesh",
+           "task_inference"]
 
 # Memory for the masks, weights and test images of the tasks evaluated in one call.
 GG_EVAL_BYTES = 512 * 2**20
+
+
+def bank_mesh() -> jax.sharding.Mesh | None:
+    """A ``"tasks"`` mesh over this process's devices when it has several (the GNu/GNs
+    evaluation then spreads the bank's task axis over them), else ``None``."""
+    devices = jax.local_devices()
+    if len(devices) < 2:
+        return None
+    return jax.sharding.Mesh(np.array(devices), ("tasks",),
+                             axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def task_inference(config, stream, masked=None) -> scenarios.TaskInference:
@@ -69,7 +82,8 @@ class SupSupLearner:
 
     def __init__(self, config, stream, trainer: train_lib.Trainer):
         self.config, self.trainer = config, trainer
-        self.how = (task_inference(config, stream, trainer.weights)
+        self.how = (dataclasses.replace(task_inference(config, stream, trainer.weights),
+                                        mesh=bank_mesh())
                     if config.scenario in ("GNu", "GNs") else None)
 
     def init(self):
