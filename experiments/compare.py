@@ -22,6 +22,9 @@ Figures (SPEC 2.2):
   ``batche_oneshot_fashion``: its Fashion-MNIST twin;
 * ``rotated``: RotatedMNIST 36 tasks, FC 1024-1024: SupSup GNu (Binary H, and G) against BatchE
   GG and PSP GG (paper Fig. 5 left); ``rotated_fashion``: its Fashion-MNIST twin;
+* ``output_size_fashion_lenet`` / ``output_size_fashion_fc``: PermutedFashionMNIST GNu, One-Shot
+  from one image, output s in {25, 100, 200, 500} with H and with G (paper Fig. 6), on 100
+  (LeNet 300-100) or 25 (FC 1024-1024) tasks;
 * ``splitcifar100``: GG SplitCIFAR100 (paper Fig. 2 right): SupSup, SupSup Transfer, BatchE,
   BatchE Rand W, separate heads, separate heads Rand W, upper bound, lower bound.
 """
@@ -43,6 +46,13 @@ from supsup_jax.runner import train_and_evaluate
 _P = "experiments.configs.compare_permuted"
 _C = "experiments.configs.gg_splitcifar100"
 _TEN = {"num_tasks": 10, "eval_at": (1, 2, 4, 6, 8, 10)}
+_O = "experiments.configs.output_size"
+
+
+def _output_sizes(model: str, tasks: dict) -> list[tuple[str, str, str, dict]]:
+    return [(f"s{s}_{o}", _O, f"s{s},{o},fashion{model}", tasks)
+            for s in (25, 100, 200, 500) for o in ("h", "g")]
+
 
 # figure -> [(method label, config module, variants, field overrides)]
 FIGURES: dict[str, list[tuple[str, str, str, dict]]] = {
@@ -91,6 +101,10 @@ FIGURES: dict[str, list[tuple[str, str, str, dict]]] = {
         ("batche_gg", _P, "batche,rotated,fashion", {}),
         ("psp_gg", _P, "psp,rotated,fashion", {}),
     ],
+    "output_size_fashion_lenet": _output_sizes(
+        "", {"num_tasks": 100, "eval_at": (10, 25, 50, 75, 100)}),
+    "output_size_fashion_fc": _output_sizes(
+        ",fc", {"num_tasks": 25, "eval_at": (5, 10, 15, 20, 25)}),
     "splitcifar100": [
         ("supsup", _C, "er4", {}),
         ("supsup_transfer", _C, "er4,transfer", {}),
