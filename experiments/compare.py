@@ -8,7 +8,11 @@ writes ``WORKDIR/comparison.png`` (mean accuracy over the learned tasks against 
 one curve per method; GNu curves use the accuracy with the task inferred) and
 ``WORKDIR/comparison.md`` (a markdown table). ``--only=a,b`` runs a subset; ``--tiny`` adds the
 ``tiny`` variant to every config (a smoke test); ``--set FIELD=VALUE`` overrides a config field
-of every method (e.g. ``--set num_tasks=5``).
+of every method (e.g. ``--set num_tasks=5``); ``--seeds=N`` runs every method with seeds
+``0..N-1`` (into ``WORKDIR/<method>/seed<k>``) and reports mean ± standard deviation (table) and
+shaded bands (figure):
+
+    python -m experiments.compare --figure=permuted_fashion10 --seeds=3 --workdir=runs/seeds10
 
 Figures (SPEC 2.2):
 
@@ -38,6 +42,7 @@ import pathlib
 import sys
 import time
 
+import numpy as np
 from absl import app, flags, logging
 
 from supsup_jax import plots, results
@@ -122,6 +127,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "directory for the runs and the 
 _ONLY = flags.DEFINE_list("only", None, "run only these methods (labels of the figure)")
 _TINY = flags.DEFINE_bool("tiny", False, "add the tiny variant to every config")
 _SET = flags.DEFINE_multi_string("set", [], "FIELD=VALUE override for every method's config")
+_SEEDS = flags.DEFINE_integer(
+    "seeds", 1, "run every method with seeds 0..N-1 (each into WORKDIR/<method>/seed<k>): the "
+    "table gives mean and standard deviation, the figure shaded bands")
 flags.mark_flags_as_required(["figure", "workdir"])
 
 
@@ -166,13 +174,28 @@ def curve(res) -> tuple[list[int], list[float]]:
     return xs, ys
 
 
-def plot_comparison(runs: dict[str, dict], path, title: str) -> pathlib.Path:
-    """All methods' curves in one axes; returns the PNG's path."""
+def seed_curve(seeds: list[dict]) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """(tasks learned, mean, standard deviation over the seeds) at the rows every seed
+    evaluated; the deviation is 0 for one seed (``ddof=1`` otherwise)."""
+    curves = [dict(zip(*curve(res), strict=True)) for res in seeds]
+    xs = sorted(set.intersection(*(set(c) for c in curves)))
+    ys = np.array([[c[x] for x in xs] for c in curves]).reshape(len(curves), len(xs))
+    std = ys.std(0, ddof=1) if len(curves) > 1 else np.zeros(len(xs))
+    return xs, ys.mean(0), std
+
+
+def plot_comparison(runs: dict[str, list[dict]], path, title: str) -> pathlib.Path:
+    """All methods' curves (mean over seeds, shaded +- one standard deviation) in one axes;
+    returns the PNG's path."""
     fig = plots.new_figure((7.0, 4.5))
     ax = fig.add_subplot()
-    for label, res in runs.items():
-        xs, ys = curve(res)
-        ax.plot(xs, ys, "o-", label=f"{label} ({res.get('scenario', '')})", markersize=3)
+    for label, seeds in runs.items():
+        xs, ys, std = seed_curve(seeds)
+        n = f", {len(seeds)} seeds" if len(seeds) > 1 else ""
+        (line,) = ax.plot(xs, ys, "o-", label=f"{label} ({seeds[0].get('scenario', '')}{n})",
+                          markersize=3)
+        if len(seeds) > 1:
+            ax.fill_between(xs, ys - std, ys + std, color=line.get_color(), alpha=0.2)
     ax.set_xlabel("number of tasks learned")
     plots.integer_ticks(ax.xaxis)
     ax.set_ylabel("mean accuracy over learned tasks")
@@ -187,26 +210,44 @@ def _fmt(x) -> str:
     return "-" if x is None else f"{x:.4f}"
 
 
-def table(runs: dict[str, dict]) -> str:
-    """A markdown table: final accuracy, GG accuracy, task inference, forgetting, storage, time."""
-    lines = ["| Method | Scenario | Tasks | Accuracy (final row) | GG accuracy | Task inference "
-             "| Forgetting | Bytes per task | Wall time (s) |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for label, res in runs.items():
-        xs, _ = curve(res)
-        wall = sum(v for v in res.get("wall_time_per_task") or [] if v is not None)
+def _stat(seeds: list[dict], key: str) -> str:
+    values = [res.get(key) for res in seeds]
+    if any(v is None for v in values):
+        return "-"
+    if len(values) == 1:
+        return _fmt(values[0])
+    return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
+
+
+def table(runs: dict[str, list[dict]]) -> str:
+    """A markdown table: final accuracy, GG accuracy, task inference, forgetting, storage, time
+    (mean ± standard deviation over the seeds when there are several)."""
+    lines = ["| Method | Scenario | Seeds | Tasks | Accuracy (final row) | GG accuracy "
+             "| Task inference | Forgetting | Bytes per task | Wall time (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for label, seeds in runs.items():
+        xs, _, _ = seed_curve(seeds)
+        res = seeds[0]
+        wall = np.mean([sum(v for v in r.get("wall_time_per_task") or [] if v is not None)
+                        for r in seeds])
         lines.append(
-            f"| {label} | {res.get('scenario')} | {xs[-1] if xs else '-'} "
-            f"| {_fmt(res.get('average_accuracy'))} | {_fmt(res.get('gg_average_accuracy'))} "
-            f"| {_fmt(res.get('task_inference_accuracy'))} | {_fmt(res.get('forgetting'))} "
+            f"| {label} | {res.get('scenario')} | {len(seeds)} | {xs[-1] if xs else '-'} "
+            f"| {_stat(seeds, 'average_accuracy')} | {_stat(seeds, 'gg_average_accuracy')} "
+            f"| {_stat(seeds, 'task_inference_accuracy')} | {_stat(seeds, 'forgetting')} "
             f"| {res.get('bytes_per_task') or 0:,.0f} | {wall:.0f} |")
     return "\n".join(lines) + "\n"
 
 
 def run_figure(figure: str, workdir, *, only=None, tiny: bool = False,
-               extra: dict | None = None, quiet: bool = False) -> dict[str, dict]:
-    """Run (or resume) every method of ``figure`` into ``workdir/<label>``; write the figure
-    and the table; return ``{label: results}``."""
+               extra: dict | None = None, quiet: bool = False, seeds: int = 1
+               ) -> dict[str, list[dict]]:
+    """Run (or resume) every method of ``figure`` into ``workdir/<label>`` (with ``seeds`` > 1:
+    seeds ``0..seeds-1`` into ``workdir/<label>/seed<k>``); write the figure and the table;
+    return ``{label: [results of each seed]}``."""
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds}")
+    if seeds > 1 and "seed" in (extra or {}):
+        raise ValueError("give either seeds or a seed override, not both")
     if figure not in FIGURES:
         raise ValueError(f"unknown figure {figure!r}; choose one of {sorted(FIGURES)}")
     specs = FIGURES[figure]
@@ -216,19 +257,24 @@ def run_figure(figure: str, workdir, *, only=None, tiny: bool = False,
         raise ValueError(f"figure {figure} has no methods {sorted(unknown)}; it has {labels}")
     workdir = pathlib.Path(workdir)
     runs = {}
+    dirs = lambda label: ([workdir / label] if seeds == 1  # noqa: E731
+                          else [workdir / label / f"seed{k}" for k in range(seeds)])
     for label, module, variants, overrides in specs:
         if only and label not in only:
-            sub = workdir / label
-            if (sub / results.RESULTS_FILE).exists():  # keep finished curves in the figure
-                runs[label] = results.load_results(sub)
+            done = [d for d in dirs(label) if (d / results.RESULTS_FILE).exists()]
+            if done and len(done) == len(dirs(label)):  # keep finished curves in the figure
+                runs[label] = [results.load_results(d) for d in done]
             continue
-        config = method_config(module, variants, overrides, tiny, extra)
-        if quiet:
-            config.quiet = True
-        t0 = time.perf_counter()
-        runs[label] = train_and_evaluate(config, workdir / label)
-        if not quiet:
-            print(f"{label}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        runs[label] = []
+        for k, sub in enumerate(dirs(label)):
+            config = method_config(module, variants, overrides, tiny,
+                                   {**(extra or {}), **({"seed": k} if seeds > 1 else {})})
+            if quiet:
+                config.quiet = True
+            t0 = time.perf_counter()
+            runs[label].append(train_and_evaluate(config, sub))
+            if not quiet:
+                print(f"{label} {sub.name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     plot_comparison(runs, workdir / "comparison.png", figure + (" (tiny)" if tiny else ""))
     text = table(runs)
     results.atomic_write(workdir / "comparison.md", lambda f: f.write(text))
@@ -240,7 +286,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)
     run_figure(_FIGURE.value, _WORKDIR.value, only=_ONLY.value, tiny=_TINY.value,
-               extra=_parse_set(_SET.value))
+               extra=_parse_set(_SET.value), seeds=_SEEDS.value)
     path = os.path.join(_WORKDIR.value, "comparison.md")
     with open(path, encoding="utf-8") as f:
         print(f.read())

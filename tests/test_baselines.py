@@ -419,6 +419,7 @@ def test_compare_draws_every_method(tmp_path, fashion_mnist):
     assert os.path.getsize(tmp_path / "comparison.png") > 0
     text = (tmp_path / "comparison.md").read_text()
     assert all(f"| {label} |" in text for label in runs)
+    runs = {label: seeds[0] for label, seeds in runs.items()}
     assert runs["supsup_gnu_h"]["scenario"] == "GNu" and runs["psp_gg"]["scenario"] == "GG"
     assert all(r["config"]["stream"] == "rotated" for r in runs.values())
     assert runs["supsup_gnu_h"]["config"]["inference"]["method"] == "binary"
@@ -443,3 +444,28 @@ def test_optimizer_groups_get_their_learning_rates():
     seen.clear()
     trainer.optimizer(1)
     assert seen == [0.5]
+
+
+def test_compare_over_seeds_reports_mean_and_deviation(tmp_path, fashion_mnist):
+    runs = compare.run_figure("permuted_fashion10", tmp_path, tiny=True, quiet=True, seeds=2,
+                              only=["supsup_gnu_g", "psp_gg"],
+                              extra={"steps": 5, "max_eval_examples": 128,
+                                     "tensorboard": False})
+    assert set(runs) == {"supsup_gnu_g", "psp_gg"}
+    for label, seeds in runs.items():
+        assert [r["seed"] for r in seeds] == [0, 1]
+        assert all((tmp_path / label / f"seed{k}" / "results.json").exists() for k in (0, 1))
+        # Independent reference: the mean curve from each seed's own matrix.
+        xs, mean, std = compare.seed_curve(seeds)
+        per_seed = [compare.curve(r)[1] for r in seeds]
+        np.testing.assert_allclose(mean, np.mean(per_seed, 0))
+        np.testing.assert_allclose(std, np.std(per_seed, 0, ddof=1))
+        acc = [r["average_accuracy"] for r in seeds]
+        row = next(line for line in (tmp_path / "comparison.md").read_text().splitlines()
+                   if line.startswith(f"| {label} |"))
+        assert f"{np.mean(acc):.4f} ± {np.std(acc, ddof=1):.4f}" in row and "| 2 |" in row
+    # Different seeds are different runs (stream and weights).
+    assert runs["psp_gg"][0]["accuracy_matrix"] != runs["psp_gg"][1]["accuracy_matrix"]
+    assert os.path.getsize(tmp_path / "comparison.png") > 0
+    with pytest.raises(ValueError, match="either seeds or a seed"):
+        compare.run_figure("permuted_fashion10", tmp_path, seeds=2, extra={"seed": 1})

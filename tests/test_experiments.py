@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from supsup_jax import results
@@ -90,6 +91,21 @@ def test_tiny_splitcifar100_on_mock_data(tmp_path, monkeypatch):
     with _mock(["cifar100"], 2000):
         res = train_and_evaluate(_config("gg_splitcifar100", "tiny,transfer"), tmp_path)
     _check_results(tmp_path, res)
+
+
+@pytest.mark.slow
+def test_splitcifar100_comparison_over_seeds_on_mock_data(tmp_path, monkeypatch):
+    from experiments import compare
+
+    monkeypatch.delenv("SUPSUP_DATA_DIR", raising=False)
+    with _mock(["cifar100"], 2000):
+        runs = compare.run_figure("splitcifar100", tmp_path, tiny=True, quiet=True, seeds=2,
+                                  only=["supsup", "batche"], extra={"tensorboard": False})
+    for seeds in runs.values():
+        assert [r["seed"] for r in seeds] == [0, 1]
+        xs, mean, std = compare.seed_curve(seeds)
+        assert xs and np.all(np.isfinite(mean)) and np.all(std >= 0)
+    assert "±" in (tmp_path / "comparison.md").read_text()
 
 
 @pytest.mark.slow
