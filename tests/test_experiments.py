@@ -223,5 +223,15 @@ def test_a_workdir_from_before_the_schema_grew_resumes_and_a_changed_field_does_
     with pytest.raises(CheckpointError, match=r"WORKDIR holds a run of a different config.*lr"):
         record.check_resumable(json.dumps({**old, "lr": 0.5}), c, "WORKDIR")
     c.method = "batche"  # a new field set to another value than old runs used: a mismatch
-    with pytest.raises(CheckpointError, match="method: 'supsup' vs 'batche'"):
+    with pytest.raises(CheckpointError, match="method: 'supsup' vs 'batche'.*--config.method="
+                                              "supsup: add that to resume it"):
         record.check_resumable(json.dumps(old), c, "WORKDIR")
+    # NNs runs from before the stream field were aligned; the offset does not apply to them.
+    n = _config("gnu_2500", "tiny,fashion,nns")
+    old = json.loads(record.comparable(n))
+    for name in ("boundaries", "offset", "visits"):
+        del old["nns"][name]
+    with pytest.raises(CheckpointError, match=r"--config.nns.boundaries=aligned: add that"):
+        record.check_resumable(json.dumps(old), n, "WORKDIR")
+    n.nns.boundaries = "aligned"
+    record.check_resumable(json.dumps(old), n, "WORKDIR")

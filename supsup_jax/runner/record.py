@@ -46,16 +46,31 @@ def comparable(config) -> str:
                       default=str)
 
 
+def _drop_unused(d: dict) -> None:
+    """Remove the fields a fingerprint's run ignores: the NNs block outside scenario NNs, and
+    the offset and pieces that its stream does not use."""
+    if d.get("scenario") != "NNs":
+        d.pop("nns", None)
+    nns = d.get("nns")
+    if isinstance(nns, dict):
+        unused = {"aligned": ("offset", "visits"), "continuous": ("visits",)}
+        for name in unused.get(nns.get("boundaries"), ()):
+            nns.pop(name, None)
+
+
 def check_resumable(stored: str | None, config, where: str) -> None:
     """Raise :class:`CheckpointError` unless the stored fingerprint is ``config``'s."""
     if stored == comparable(config):
         return
     old, now = json.loads(stored or "{}"), json.loads(comparable(config))
+    filled = {}
     for key, value in ADDED_FIELDS.items():  # what a run from before the field implied
         parent, _, name = key.rpartition(".")
         holder = old.get(parent) if parent else old
         if isinstance(holder, dict) and name not in holder and old:
-            holder[name] = value
+            holder[name] = filled[key] = value
+    _drop_unused(old)
+    _drop_unused(now)
     diff = {}
     for k in sorted(set(old) | set(now)):
         if k not in old and k == "hopfield" and now.get("method") != "hopsupsup":
@@ -63,10 +78,20 @@ def check_resumable(stored: str | None, config, where: str) -> None:
         if old.get(k) != now.get(k):
             diff[k] = (old.get(k), now.get(k))
     if diff:
+        hints = [f"--config.{k}={v}" for k, v in filled.items()
+                 if _get(old, k) is not None and _get(now, k) != v]
+        hint = (f"; it predates field(s) it ran as {' '.join(hints)}: add that to resume it"
+                if hints else "")
         raise CheckpointError(
             f"{where} holds a run of a different config (field: stored vs now: "
             + "; ".join(f"{k}: {a!r} vs {b!r}" for k, (a, b) in diff.items())
-            + "); use another workdir or delete that one")
+            + f"){hint}; or use another workdir or delete that one")
+
+
+def _get(d: dict, dotted: str):
+    for part in dotted.split("."):
+        d = d.get(part) if isinstance(d, dict) else None
+    return d
 
 
 def versions() -> dict[str, str]:
