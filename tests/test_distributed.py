@@ -16,18 +16,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_train_two_tasks_and_write_one_results_file(tmp_path, fashion_mnist):
+def _two_processes(config: str, *flags: str) -> list[tuple[int, str]]:
+    """Run experiments.run as a 2-process jax.distributed job; ``(returncode, output)`` each."""
     port = _free_port()
-    config = os.path.join(ROOT, "experiments", "configs", "main_fashion.py")
     procs = [subprocess.Popen(
-        [sys.executable, "-m", "experiments.run", f"--config={config}:tiny",
-         "--config.num_tasks=2", f"--workdir={tmp_path}", f"--coordinator_address=127.0.0.1:{port}",
-         "--num_processes=2", f"--process_id={i}"],
+        [sys.executable, "-m", "experiments.run",
+         f"--config={os.path.join(ROOT, 'experiments', 'configs', config)}", *flags,
+         f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for i in range(2)]
     outs = [p.communicate(timeout=600)[0] for p in procs]
-    for p, out in zip(procs, outs, strict=True):
-        assert p.returncode == 0, out[-3000:]
+    return [(p.returncode, out) for p, out in zip(procs, outs, strict=True)]
+
+
+def test_two_processes_train_two_tasks_and_write_one_results_file(tmp_path, fashion_mnist):
+    runs = _two_processes("main_fashion.py:tiny", "--config.num_tasks=2", f"--workdir={tmp_path}")
+    outs = [out for _, out in runs]
+    for rc, out in runs:
+        assert rc == 0, out[-3000:]
     assert "tasks learned" in outs[0] and "tasks learned" not in outs[1]
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["num_tasks"] == 2 and len(res["accuracy_matrix"]) == 2
@@ -36,17 +42,8 @@ def test_two_processes_train_two_tasks_and_write_one_results_file(tmp_path, fash
 
 
 def test_two_processes_refuse_nns_before_writing_anything(tmp_path):
-    port = _free_port()
-    config = os.path.join(ROOT, "experiments", "configs", "gnu_2500.py")
-    procs = [subprocess.Popen(
-        [sys.executable, "-m", "experiments.run", f"--config={config}:tiny,fashion,nns",
-         f"--workdir={tmp_path / 'run'}", f"--coordinator_address=127.0.0.1:{port}",
-         "--num_processes=2", f"--process_id={i}"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for i in range(2)]
-    outs = [p.communicate(timeout=600)[0] for p in procs]
-    for p, out in zip(procs, outs, strict=True):
-        assert p.returncode == 1, out[-3000:]
+    for rc, out in _two_processes("gnu_2500.py:tiny,fashion,nns", f"--workdir={tmp_path / 'run'}"):
+        assert rc == 1, out[-3000:]
         assert "error: scenario NNs trains on one process only" in out, out[-3000:]
     assert not (tmp_path / "run").exists()
 
