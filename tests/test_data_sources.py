@@ -269,3 +269,8 @@ def test_tfds_mock_imagenet_lazy(isolated):
         assert images.shape == (max(sizes), 224, 224, 3)
         (where,) = np.nonzero(np.isin(ds.train_labels, stream.classes(int(np.argmax(sizes)))))
         np.testing.assert_array_equal(images, ds.train_images[where])
+
+
+def test_load_dataset_records_its_source(fashion_mnist):
+    assert fashion_mnist.source.startswith("idx files in ")
+    assert pathlib.Path(fashion_mnist.source.removeprefix("idx files in ")).is_dir()

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -17,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "experiments", "configs")
 KEYS = {"config", "seed", "versions", "device", "scenario", "num_tasks", "accuracy_matrix",
         "task_inference_accuracy", "average_accuracy", "backward_transfer", "forgetting",
-        "bytes_per_task", "wall_time_per_task"}
+        "bytes_per_task", "wall_time_per_task", "provenance"}
 
 
 def _config(name, variants):
@@ -36,7 +37,20 @@ def _check_results(workdir, res):
     for name in ("accuracy_vs_tasks.png", "accuracy_matrix.png"):
         assert os.path.getsize(os.path.join(workdir, name)) > 0
     assert os.path.exists(os.path.join(workdir, "accuracy.csv"))
+    _check_provenance(loaded["provenance"])
     return loaded
+
+
+def _check_provenance(p):
+    from supsup_jax import kernels
+
+    head = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True,
+                          text=True)
+    if head.returncode == 0:  # a checkout: the commit, marked when files are changed
+        assert p["git_commit"].split("+")[0] == head.stdout.strip()
+    assert p["bank_products"] == kernels.kernel_status() and p["devices"] >= 1
+    assert p["data_source"] and p["dataset"] and isinstance(p["command_line"], list)
+    assert p["device_kind"].startswith(jax.devices()[0].platform)
 
 
 # The Fashion-MNIST twins run on the real data here.

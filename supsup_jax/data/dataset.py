@@ -40,6 +40,8 @@ class Dataset(NamedTuple):
       test_images: uint8 ``(M, H, W, C)``, or a lazy ``TfdsImages``.
       test_labels: int32 ``(M,)``.
       num_classes: number of classes; labels lie in ``[0, num_classes)``.
+      source: where the data was read, e.g. ``"idx files in /usr/share/datasets/fashion-mnist"``
+        (:func:`~supsup_jax.data.load_dataset` sets it; results.json records it).
     """
 
     name: str
@@ -48,6 +50,7 @@ class Dataset(NamedTuple):
     test_images: Any
     test_labels: np.ndarray
     num_classes: int
+    source: str = ""
 
 
 class DataNotFoundError(FileNotFoundError):

@@ -163,9 +163,10 @@ def _try_directory(
             f"{directory} ({origin}): no directory format for {name}; used as tfds data_dir"
         )
         return None
+    kind = "idx" if loader is idx.load_idx_dataset else "CIFAR pickle"
     for candidate in dict.fromkeys(candidates):  # dedupe, keep order
         try:
-            return loader(candidate, name)
+            return loader(candidate, name)._replace(source=f"{kind} files in {candidate}")
         except DataNotFoundError as e:
             # Malformed files (IdxFormatError, ValueError) propagate: corrupt data is not missing.
             tried.append(f"{candidate} ({origin}): {e}")
@@ -231,6 +232,7 @@ def _try_tfds(name: str, data_dir: str, tried: list[str]) -> Dataset | None:
         test_images=images[test_split],
         test_labels=labels[test_split].astype(np.int32),
         num_classes=NUM_CLASSES[name],
+        source=where,
     )
 
 

@@ -143,7 +143,7 @@ def run(config, workdir: str | os.PathLike, ckpts) -> dict[str, Any]:
                   "pairwise_mask_hamming": [[hamming(a, b) for b in masks] for a in masks],
                   "mask_density": [float(np.mean(np.concatenate(list(m.values()))))
                                    for m in masks]},
-        storage=storage, train_wall_time=train_secs,
+        storage=storage, train_wall_time=train_secs, provenance=record.provenance(stream),
         total_wall_time=time.perf_counter() - start)
     results.write_results(workdir, res)
     plots.write_plots(res, workdir)

@@ -3,14 +3,18 @@ results dict that ``results.write_results`` stores as ``results.json``."""
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import json
+import os
+import subprocess
+import sys
 from typing import Any
 
 import jax
 import numpy as np
 
-from supsup_jax import metrics
+from supsup_jax import kernels, metrics
 from supsup_jax.checkpoint import CheckpointError
 
 __all__ = [
@@ -19,6 +23,7 @@ __all__ = [
     "comparable",
     "config_dict",
     "matrix",
+    "provenance",
     "results_dict",
     "summary",
     "versions",
@@ -151,8 +156,41 @@ def summary(matrix):
     return acc, metrics.backward_transfer(sub), metrics.forgetting(sub)
 
 
+@functools.cache
+def _git_commit() -> str | None:
+    """The checkout's commit (``+dirty`` with uncommitted changes), or None outside a checkout."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        run = lambda *a: subprocess.run(("git", "-C", here, *a), capture_output=True,  # noqa: E731
+                                        text=True, timeout=10, check=True).stdout.strip()
+        commit = run("rev-parse", "HEAD")
+        return commit + ("+dirty" if run("status", "--porcelain", "--untracked-files=no")
+                         else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def provenance(stream) -> dict[str, Any]:
+    """Where a run's numbers come from: code (git commit), command line, data source, the bank
+    products' kernel variant, and the devices."""
+    device = jax.devices()[0]
+    return {
+        "git_commit": _git_commit(),
+        "command_line": [os.path.basename(sys.executable), *sys.argv],
+        "dataset": stream.dataset.name,
+        "data_source": stream.dataset.source or "given in memory",
+        "bank_products": kernels.kernel_status(),
+        "cpu_simd_flags": sorted(f for f in kernels.cpu_flags()
+                                 if f.startswith(("avx", "fma", "neon", "asimd", "sve"))),
+        "device_kind": f"{device.platform}: {device.device_kind}",
+        "devices": jax.device_count(),
+        "processes": jax.process_count(),
+    }
+
+
 def results_dict(config, rows, wall, bytes_per_task, masks_allocated, **extra) -> dict:
-    """The results of a run from its rows ``{str(t): {"gg": [...], "inferred": [...], ...}}``."""
+    """The results of a run from its rows ``{str(t): {"gg": [...], "inferred": [...], ...}}``;
+    ``extra`` adds fields (e.g. ``provenance=provenance(stream)``)."""
     num = config.num_tasks
     gg = matrix(rows, num, "gg")
     inferred = matrix(rows, num, "inferred")

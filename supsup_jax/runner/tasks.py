@@ -70,6 +70,7 @@ def _finish(config, workdir, res):
 
 def run_tasks(config, workdir, stream, learner, ckpts):
     """The task loop for a learner of :mod:`supsup_jax.runner.learners`."""
+    origin = record.provenance(stream)
     num = config.num_tasks
     steps = steps_per_task(config, stream)
     state = learner.init()
@@ -100,7 +101,8 @@ def run_tasks(config, workdir, stream, learner, ckpts):
         meta = {"config": record.comparable(config), "rows": rows, "wall": wall,
                 "right_after": right_after}
         ckpts.save(t + 1, learner.saved(state), meta)
-        res = record.results_dict(config, rows, wall, learner.bytes_per_task(state, t + 1), None)
+        res = record.results_dict(config, rows, wall, learner.bytes_per_task(state, t + 1), None,
+                                  provenance=origin)
         if distributed.is_primary():
             results.write_results(workdir, res)
         scalars.write(t + 1, {"train/steps_per_second": steps / train_secs,
@@ -116,7 +118,7 @@ def run_tasks(config, workdir, stream, learner, ckpts):
     progress.close()
     scalars.close()
     return _finish(config, workdir, record.results_dict(
-        config, rows, wall, learner.bytes_per_task(state, len(wall)), None))
+        config, rows, wall, learner.bytes_per_task(state, len(wall)), None, provenance=origin))
 
 
 def run_nns(config, workdir, stream, trainer, ckpts):
@@ -125,6 +127,7 @@ def run_nns(config, workdir, stream, trainer, ckpts):
 
     Row ``t`` is evaluated once every batch of tasks ``0..t`` has been trained on; a checkpoint
     is written after each block in which a piece of a task ends."""
+    origin = record.provenance(stream)
     num = config.num_tasks
     steps = steps_per_task(config, stream)
     every = config.nns.decide_every
@@ -198,14 +201,14 @@ def run_nns(config, workdir, stream, trainer, ckpts):
                 "steps": list(learned.steps), "decisions": list(learned.decisions),
                 "blocks": b + 1}
         ckpts.save(b + 1, {"bank": learned.bank, "states": list(learned.states)}, meta)
-        res = _nns_results(config, rows, wall[:complete], learned, usage)
+        res = _nns_results(config, rows, wall[:complete], learned, usage, origin)
         if distributed.is_primary():
             results.write_results(workdir, res)
         for t in range(before, complete):
             progress.task_done(f"task {t}: {steps / wall[t]:.0f} steps/s, masks allocated "
                                f"{learned.num_masks}")
     progress.close()
-    return _finish(config, workdir, _nns_results(config, rows, wall, learned, usage))
+    return _finish(config, workdir, _nns_results(config, rows, wall, learned, usage, origin))
 
 
 def _seed(k: jax.Array) -> int:
@@ -229,9 +232,9 @@ def _piece_ends(schedule, b: int) -> bool:
     return (nxt.task, nxt.step) != (last.task, last.step + last.count)
 
 
-def _nns_results(config, rows, wall, learned, usage) -> dict:
+def _nns_results(config, rows, wall, learned, usage, origin) -> dict:
     return record.results_dict(config, rows, wall, bank_bytes(learned.bank), learned.num_masks,
-                               nns={"boundaries": config.nns.boundaries,
+                               provenance=origin, nns={"boundaries": config.nns.boundaries,
                                     **nns_stream.slot_purity(usage)})
 
 
