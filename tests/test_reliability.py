@@ -279,6 +279,37 @@ def test_cli_prints_one_line_for_a_user_mistake(tmp_path, args, code, phrase, fa
         tmp_path / "w" / "checkpoints")
 
 
+def test_cli_help_lists_configs_variants_and_fields():
+    r = subprocess.run([sys.executable, "-m", "experiments.run", "--help"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    from experiments import run
+    from experiments.configs import base
+
+    for name in run.config_names():  # every config, with its own variants
+        module = __import__(f"experiments.configs.{name}", fromlist=["VARIANTS"])
+        line = next(ln for ln in r.stdout.splitlines() if ln.startswith(f"  {name} "))
+        variants = r.stdout.splitlines()[r.stdout.splitlines().index(line) + 1]
+        assert all(v in variants for v in module.VARIANTS), (name, variants)
+    assert "gnu_permuted" in run.config_names() and "base" not in run.config_names()
+    c = base.base_config()
+    assert f"  nns.boundaries = {c.nns.boundaries!r}" in r.stdout
+    assert f"  lr = {c.lr!r}" in r.stdout
+
+
+def test_cli_takes_a_config_by_name(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "experiments.run", "--config=gnu_permuted:tiny",
+                        f"--workdir={tmp_path}", "--config.nosuchfield=1"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": ROOT})
+    # Resolved to experiments/configs/gnu_permuted.py from another directory: the field check ran.
+    assert r.returncode == 2 and "no such config field 'nosuchfield'" in r.stderr, r.stderr
+    r = subprocess.run([sys.executable, "-m", "experiments.run", "--config=gnu_permutd:tiny",
+                        f"--workdir={tmp_path}"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and "no config named 'gnu_permutd'" in r.stderr, r.stderr
+
+
 def test_cli_runner_errors_keep_a_traceback_on_request(tmp_path, fashion_mnist):
     r = _cli(f"--workdir={tmp_path}", "--config.lr=nan", "--verbosity=1")
     assert r.returncode != 0 and "Traceback" in r.stderr and "ConfigError" in r.stderr

@@ -30,6 +30,10 @@ METHODS = ("supsup", "batche", "psp")
 _OPTIONS = {"lenet", "h", "g", "randw", "oneshot", "binary", "rotated", "shortlist"}
 
 
+# This config's own variants (``tiny`` and ``fashion`` apply to every config).
+VARIANTS = frozenset(set(METHODS) | _OPTIONS)
+
+
 def get_config(variants: str | None = None):
     v = parse_variants(variants)
     chosen = [m for m in METHODS if m in v]
@@ -94,4 +98,4 @@ def get_config(variants: str | None = None):
     bad = rest & ({"randw", "oneshot", "shortlist"} if method == "psp" else {"binary"})
     if bad:
         raise ValueError(f"variants {sorted(bad)} do not apply to {method}")
-    return apply_common_variants(c, v, set(METHODS) | _OPTIONS)
+    return apply_common_variants(c, v, VARIANTS)

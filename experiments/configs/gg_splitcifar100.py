@@ -29,6 +29,10 @@ ER = {f"er{s}": s for s in (1, 2, 4, 8, 16, 32)}
 BASELINES = ("batche", "separate_heads", "upper_bound", "lower_bound")
 
 
+# This config's own variants (``tiny`` and ``fashion`` apply to every config).
+VARIANTS = frozenset({"transfer", "randw", *ER, *BASELINES})
+
+
 def get_config(variants: str | None = None):
     v = parse_variants(variants)
     c = base_config()
@@ -58,7 +62,7 @@ def get_config(variants: str | None = None):
         raise ValueError("randw applies to batche and separate_heads only")
     if chosen:
         _baseline(c, chosen[0], "randw" in v)
-    c = apply_common_variants(c, v, {"transfer", "randw", *ER, *BASELINES})
+    c = apply_common_variants(c, v, VARIANTS)
     if "tiny" in v:
         c.num_tasks = 20  # the split is fixed at 20 tasks; tiny shrinks steps and data instead
         c.steps, c.batch_size, c.max_eval_examples = 4, 16, 64

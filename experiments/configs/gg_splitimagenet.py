@@ -11,6 +11,10 @@ from experiments.configs.base import apply_common_variants, base_config, parse_v
 ER = {"er4": 4, "er8": 8, "er16": 16, "er32": 32}
 
 
+# This config's own variants (``tiny`` and ``fashion`` apply to every config).
+VARIANTS = frozenset(set(ER))
+
+
 def get_config(variants: str | None = None):
     v = parse_variants(variants)
     c = base_config()
@@ -32,7 +36,7 @@ def get_config(variants: str | None = None):
     c.batch_size = 256
     c.chunk_size = 1
     c.scenario = "GG"
-    c = apply_common_variants(c, v, set(ER))
+    c = apply_common_variants(c, v, VARIANTS)
     if "tiny" in v:
         # The first 2 tasks of the same class split (SplitStream with seed 1 is split_imagenet).
         c.stream, c.classes_per_task, c.split_seed, c.num_tasks = "split", 10, 1, 2

@@ -7,6 +7,9 @@ G on one image. The paper reports GNu only (strictly harder). Reproduce:
 
 from experiments.configs.base import apply_common_variants, base_config, parse_variants
 
+# This config's own variants (``tiny`` and ``fashion`` apply to every config).
+VARIANTS = frozenset()
+
 
 def get_config(variants: str | None = None):
     c = base_config()
@@ -14,4 +17,4 @@ def get_config(variants: str | None = None):
     c.scenario = "GNs"
     c.num_tasks = 250
     c.eval_at = (10, 50, 100, 250)
-    return apply_common_variants(c, parse_variants(variants), set())
+    return apply_common_variants(c, parse_variants(variants), VARIANTS)

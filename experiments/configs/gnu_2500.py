@@ -13,6 +13,9 @@ first round's runner), ``revisit`` splits each task into two pieces that return 
 
 from experiments.configs.base import apply_common_variants, base_config, parse_variants
 
+# This config's own variants (``tiny`` and ``fashion`` apply to every config).
+VARIANTS = frozenset({"nns", "g", "aligned", "revisit"})
+
 
 def get_config(variants: str | None = None):
     v = parse_variants(variants)
@@ -32,7 +35,7 @@ def get_config(variants: str | None = None):
                 c.name += "_" + boundaries
     elif v & {"aligned", "revisit"}:
         raise ValueError("the aligned and revisit variants are NNs streams: add nns")
-    c = apply_common_variants(c, v, {"nns", "g", "aligned", "revisit"})
+    c = apply_common_variants(c, v, VARIANTS)
     if "tiny" in v and "nns" in v:
         c.nns.decide_every, c.nns.offset = 10, 5
         c.nns.budget = 6

@@ -19,6 +19,9 @@ from experiments.configs.base import (
     use_shortlist,
 )
 
+# This config's own variants (``tiny`` and ``fashion`` apply to every config).
+VARIANTS = frozenset({"lenet", "h", "g", "shortlist"})
+
 
 def get_config(variants: str | None = None):
     v = parse_variants(variants)
@@ -33,4 +36,4 @@ def get_config(variants: str | None = None):
     c.name += "_" + c.inference.objective
     if "shortlist" in v:
         use_shortlist(c)
-    return apply_common_variants(c, v, {"lenet", "h", "g", "shortlist"})
+    return apply_common_variants(c, v, VARIANTS)

@@ -14,6 +14,9 @@ from experiments.configs.base import (
     use_shortlist,
 )
 
+# This config's own variants (``tiny`` and ``fashion`` apply to every config).
+VARIANTS = frozenset({"g", "shortlist"})
+
 
 def get_config(variants: str | None = None):
     c = base_config()
@@ -31,4 +34,4 @@ def get_config(variants: str | None = None):
         c.name += "_g"
     if "shortlist" in v:
         use_shortlist(c)
-    return apply_common_variants(c, v, {"g", "shortlist"})
+    return apply_common_variants(c, v, VARIANTS)

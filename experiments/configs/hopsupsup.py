@@ -13,6 +13,9 @@ Reproduce (90 s on a 2-core CPU for the Fashion twin, 5 recovery repeats per met
 
 from experiments.configs.base import apply_common_variants, base_config, parse_variants
 
+# This config's own variants (``tiny`` and ``fashion`` apply to every config).
+VARIANTS = frozenset()
+
 
 def get_config(variants: str | None = None):
     c = base_config()  # its `hopfield` fields hold the recovery's defaults
@@ -33,7 +36,7 @@ def get_config(variants: str | None = None):
     c.epochs = 1
     c.test_batch_size = 64
     variants = parse_variants(variants)
-    c = apply_common_variants(c, variants, set())
+    c = apply_common_variants(c, variants, VARIANTS)
     if "tiny" in variants:
         c.model_kwargs.hidden = (256, 256)
         c.hopfield.repeats = 2

@@ -15,6 +15,9 @@ training FLOPs; 326 s on a 2-core AMD EPYC with AVX-512):
 
 from experiments.configs.base import apply_common_variants, base_config, parse_variants
 
+# This config's own variants (``tiny`` and ``fashion`` apply to every config).
+VARIANTS = frozenset({"fc"})
+
 
 def get_config(variants: str | None = None):
     variants = parse_variants(variants)
@@ -27,4 +30,4 @@ def get_config(variants: str | None = None):
     else:
         c.name = "main_gnu_permuted_fashion_lenet_g"
         c.model = "lenet300_100"
-    return apply_common_variants(c, variants, {"fc"})
+    return apply_common_variants(c, variants, VARIANTS)

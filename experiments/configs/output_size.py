@@ -13,6 +13,10 @@ from experiments.configs.base import apply_common_variants, base_config, parse_v
 SIZES = ("s25", "s100", "s200", "s500")
 
 
+# This config's own variants (``tiny`` and ``fashion`` apply to every config).
+VARIANTS = frozenset({*SIZES, "fc", "h", "g"})
+
+
 def get_config(variants: str | None = None):
     v = parse_variants(variants)
     c = base_config()
@@ -23,4 +27,4 @@ def get_config(variants: str | None = None):
     c.name = f"output_size_{c.model}_{c.num_outputs}_{c.inference.objective}"
     c.num_tasks = 250
     c.eval_at = (10, 50, 100, 250)
-    return apply_common_variants(c, v, {*SIZES, "fc", "h", "g"})
+    return apply_common_variants(c, v, VARIANTS)

@@ -7,6 +7,9 @@ the paper's HopSupSup figure (SPEC 2.2). Reproduce:
 
 from experiments.configs.base import apply_common_variants, base_config, parse_variants
 
+# This config's own variants (``tiny`` and ``fashion`` apply to every config).
+VARIANTS = frozenset()
+
 
 def get_config(variants: str | None = None):
     c = base_config()
@@ -19,4 +22,4 @@ def get_config(variants: str | None = None):
     c.epochs = 1
     c.inference.objective = "h"
     c.inference.m = 128
-    return apply_common_variants(c, parse_variants(variants), set())
+    return apply_common_variants(c, parse_variants(variants), VARIANTS)
