@@ -94,8 +94,8 @@ def help_text() -> str:
     """What ``--help`` prints: flags, configs with their variants, every field's default."""
     from experiments.configs import base
 
-    lines = [USAGE, "", "Runs (or resumes) one experiment: trains its tasks, evaluates them, writes "
-             "WORKDIR/results.json and plots.", "", "flags:",
+    lines = [USAGE, "", "Runs (or resumes) one experiment: trains its tasks, evaluates them, "
+             "writes WORKDIR/results.json and plots.", "", "flags:",
              "  --config=NAME[:VARIANTS]  a config below (or FILE[:VARIANTS], a config file)",
              "  --workdir=DIR             checkpoints and results; rerun to resume",
              "  --config.FIELD=VALUE      override a field (list below)",
