@@ -249,3 +249,24 @@ def test_a_workdir_from_before_the_schema_grew_resumes_and_a_changed_field_does_
         record.check_resumable(json.dumps(old), n, "WORKDIR")
     n.nns.boundaries = "aligned"
     record.check_resumable(json.dumps(old), n, "WORKDIR")
+
+
+def test_a_finished_run_extends_with_more_tasks_and_refuses_fewer(tmp_path, fashion_mnist):
+    from supsup_jax.checkpoint import CheckpointError
+
+    def config(num, variants="tiny,fashion", name="gnu_permuted"):
+        c = _config(name, variants)
+        c.num_tasks, c.eval_at, c.tensorboard = num, tuple(range(1, num + 1)), False
+        return c
+
+    train_and_evaluate(config(2), tmp_path / "a")
+    extended = train_and_evaluate(config(3), tmp_path / "a")
+    direct = train_and_evaluate(config(3), tmp_path / "b")
+    for k in ("accuracy_matrix", "inferred_accuracy_matrix", "task_inference_matrix"):
+        assert extended[k] == direct[k], k
+    assert len(extended["wall_time_per_task"]) == 3
+    with pytest.raises(CheckpointError, match="extended with more tasks, not shortened"):
+        train_and_evaluate(config(2), tmp_path / "a")
+    train_and_evaluate(config(2, "psp,tiny,fashion", "compare_permuted"), tmp_path / "p")
+    with pytest.raises(CheckpointError, match="only SupSup runs in GG, GNu or GNs can be extended"):
+        train_and_evaluate(config(3, "psp,tiny,fashion", "compare_permuted"), tmp_path / "p")

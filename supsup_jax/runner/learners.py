@@ -1,7 +1,8 @@
 """The learners of the task loop (:func:`supsup_jax.runner.tasks.run_tasks`): SupSup and the
 baselines behind one protocol.
 
-A learner has ``init() -> state``, ``restore(ckpts, step, state)``, ``saved(state)`` (what the
+A learner has ``init() -> state``, ``restore(ckpts, step, state, meta)``, ``extensible`` (whether a
+finished run may continue with more tasks), ``saved(state)`` (what the
 checkpoint holds), ``train(state, t, task, steps, on_chunk) -> state``, ``row(state, t,
 test_set, only) -> row`` (see :func:`supsup_jax.runner.record.accuracy_row`) and
 ``bytes_per_task(state, done)``. Its state is a pytree of arrays.
@@ -19,6 +20,7 @@ from supsup_jax import baselines, masking, scenarios
 from supsup_jax import train as train_lib
 from supsup_jax.errors import ConfigError
 from supsup_jax.evaluate import stack_test_sets
+from supsup_jax.runner import record
 from supsup_jax.runner.keys import Stream, key
 from supsup_jax.runner.record import accuracy_row
 
@@ -94,8 +96,19 @@ class SupSupLearner:
                         if self.config.transfer else {})
         return {"bank": bank, "running_mean": running_mean}
 
-    def restore(self, ckpts, step, state):
-        return ckpts.restore_state(step, state)
+    extensible = True  # more tasks later: the bank grows
+
+    def restore(self, ckpts, step, state, meta):
+        stored = record.stored_num_tasks(meta)
+        if stored == state["bank"].capacity:
+            return ckpts.restore_state(step, state)
+        # A run extended with more tasks: restore its bank, then give it the new slots.
+        bank = state["bank"]
+        small = bank_lib.MaskBank.create(self.trainer.weights,
+                                         self.trainer.network.batch_stats or None,
+                                         capacity=stored)
+        restored = ckpts.restore_state(step, {**state, "bank": small})
+        return {**restored, "bank": restored["bank"].grow(bank.capacity)}
 
     def saved(self, state):
         return state
@@ -151,8 +164,11 @@ class BaselineLearner:
                 "stats": baselines.core.stacked_zeros(self.trainer.network.batch_stats,
                                                       self.config.num_tasks)}
 
+    extensible = False  # the methods' states are sized by num_tasks
+
     # Saved as a flat list of leaves: orbax needs no knowledge of our path-keyed dicts.
-    def restore(self, ckpts, step, state):
+    def restore(self, ckpts, step, state, meta):
+        del meta
         leaves, treedef = jax.tree.flatten(state)
         return jax.tree.unflatten(treedef, ckpts.restore_state(step, leaves))
 

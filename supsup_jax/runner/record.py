@@ -24,6 +24,7 @@ __all__ = [
     "config_dict",
     "matrix",
     "provenance",
+    "stored_num_tasks",
     "results_dict",
     "summary",
     "versions",
@@ -63,11 +64,28 @@ def _drop_unused(d: dict) -> None:
             nns.pop(name, None)
 
 
-def check_resumable(stored: str | None, config, where: str) -> None:
-    """Raise :class:`CheckpointError` unless the stored fingerprint is ``config``'s."""
+def stored_num_tasks(meta: dict) -> int:
+    """The ``num_tasks`` of the run that wrote a checkpoint's ``meta``."""
+    return int(json.loads(meta["config"])["num_tasks"])
+
+
+def check_resumable(stored: str | None, config, where: str, *, extensible: bool = False
+                    ) -> None:
+    """Raise :class:`CheckpointError` unless the stored fingerprint is ``config``'s; with
+    ``extensible``, ``config`` may have more tasks (and other ``eval_at`` points): the run
+    continues from its last task and keeps its rows."""
     if stored == comparable(config):
         return
     old, now = json.loads(stored or "{}"), json.loads(comparable(config))
+    if extensible and isinstance(old.get("num_tasks"), int):
+        if now["num_tasks"] < old["num_tasks"]:
+            raise CheckpointError(
+                f"{where} holds a run of {old['num_tasks']} tasks and num_tasks is "
+                f"{now['num_tasks']}: a run can be extended with more tasks, not shortened; use "
+                "another workdir")
+        for k in ("num_tasks", "eval_at"):
+            old.pop(k, None)
+            now.pop(k, None)
     filled = {}
     for key, value in ADDED_FIELDS.items():  # what a run from before the field implied
         parent, _, name = key.rpartition(".")
@@ -90,7 +108,9 @@ def check_resumable(stored: str | None, config, where: str) -> None:
         raise CheckpointError(
             f"{where} holds a run of a different config (field: stored vs now: "
             + "; ".join(f"{k}: {a!r} vs {b!r}" for k, (a, b) in diff.items())
-            + f"){hint}; or use another workdir or delete that one")
+            + f"){hint}; or use another workdir or delete that one"
+            + ("" if extensible or "num_tasks" not in diff else
+               " (only SupSup runs in GG, GNu or GNs can be extended with more tasks)"))
 
 
 def _get(d: dict, dotted: str):

@@ -31,11 +31,14 @@ __all__ = ["resume_point", "run_nns", "run_tasks"]
 TEST_CACHE = 64
 
 
-def resume_point(config, ckpts, restore) -> tuple[int, dict | None, Any]:
+def resume_point(config, ckpts, restore, extensible: bool = False
+                 ) -> tuple[int, dict | None, Any]:
     """``(finished tasks, checkpoint meta, state)`` of the workdir's newest intact checkpoint
     (``restore(step, meta) -> state``), ``(0, None, None)`` when there is none; a checkpoint of
-    another config is an error (:meth:`RunCheckpoints.resume`)."""
-    check = lambda meta: record.check_resumable(meta.get("config"), config, ckpts.directory)
+    another config is an error (:meth:`RunCheckpoints.resume`), except, with ``extensible``,
+    one of fewer tasks (:func:`record.check_resumable`)."""
+    check = lambda meta: record.check_resumable(meta.get("config"), config, ckpts.directory,
+                                                extensible=extensible)
     return ckpts.resume(check, restore)
 
 
@@ -75,7 +78,8 @@ def run_tasks(config, workdir, stream, learner, ckpts):
     steps = steps_per_task(config, stream)
     state = learner.init()
     start, meta, restored = resume_point(
-        config, ckpts, lambda step, _: learner.restore(ckpts, step, state))
+        config, ckpts, lambda step, meta: learner.restore(ckpts, step, state, meta),
+        extensible=learner.extensible)
     rows: dict[str, dict] = {}
     wall: list[float] = []
     right_after: list[float] = []  # GG accuracy of each task right after learning it
