@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -270,3 +271,46 @@ def test_a_finished_run_extends_with_more_tasks_and_refuses_fewer(tmp_path, fash
     train_and_evaluate(config(2, "psp,tiny,fashion", "compare_permuted"), tmp_path / "p")
     with pytest.raises(CheckpointError, match="only SupSup runs in GG, GNu or GNs can be extended"):
         train_and_evaluate(config(3, "psp,tiny,fashion", "compare_permuted"), tmp_path / "p")
+
+
+def _records(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def test_metrics_log_chunks_and_tasks_and_survive_a_redo(tmp_path, fashion_mnist):
+    import shutil
+
+    c = _config("gnu_permuted", "tiny,fashion")
+    c.tensorboard = True
+    res = train_and_evaluate(c, tmp_path)
+    recs = _records(tmp_path)
+    chunks = [r for r in recs if "step" in r]
+    done = [r for r in recs if r.get("event") == "task_done"]
+    per_task = c.steps // c.chunk_size
+    assert [(r["task"], r["step"]) for r in chunks] == [
+        (t, (i + 1) * c.chunk_size) for t in range(c.num_tasks) for i in range(per_task)]
+    assert all(np.isfinite(r["loss"]) and 0 <= r["accuracy"] <= 1 for r in chunks)
+    assert [r["task"] for r in done] == list(range(c.num_tasks))
+    assert done[-1]["gg/new_task"] == res["accuracy_matrix"][-1][-1]
+    # Compilation is left out of steps/s: task 0's rate beats its steps over its whole time.
+    assert done[0]["train/steps_per_second"] > c.steps / done[0]["train/seconds"]
+    events = [os.path.join(tmp_path, "tensorboard", f)
+              for f in os.listdir(tmp_path / "tensorboard")]
+    data = b"".join(pathlib.Path(e).read_bytes() for e in events)
+    assert b"train/loss" in data and b"train/accuracy" in data and b"config" in data
+    # A redone task is logged once.
+    shutil.rmtree(tmp_path / "checkpoints" / str(c.num_tasks))
+    train_and_evaluate(c, tmp_path)
+    again = [(r["task"], r.get("step")) for r in _records(tmp_path)]
+    assert again == [(r["task"], r.get("step")) for r in recs]
+
+
+def test_log_lines_are_plain_when_not_a_terminal(tmp_path, fashion_mnist):
+    r = subprocess.run([sys.executable, "-m", "experiments.run",
+                        "--config=gnu_permuted:tiny,fashion", f"--workdir={tmp_path}",
+                        "--config.num_tasks=2", "--config.quiet=False"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "\r" not in r.stderr and "\x1b[" not in r.stderr and "it/s" not in r.stderr
+    assert "task 0: step 10/20, loss" in r.stderr and "task 1: " in r.stderr

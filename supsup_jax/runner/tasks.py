@@ -23,7 +23,7 @@ from supsup_jax.runner import nns_stream, record
 from supsup_jax.runner.build import eval_points, steps_per_task, test_data
 from supsup_jax.runner.keys import Stream, key
 from supsup_jax.runner.learners import bank_bytes
-from supsup_jax.runner.progress import Progress, Scalars, row_scalars
+from supsup_jax.runner.progress import Progress, row_scalars
 
 __all__ = ["resume_point", "run_nns", "run_tasks"]
 
@@ -87,17 +87,16 @@ def run_tasks(config, workdir, stream, learner, ckpts):
         state = restored
         rows, wall, right_after = meta["rows"], meta["wall"], meta["right_after"]
     points = eval_points(config)
-    progress = Progress(config.quiet, num, start)
-    scalars = Scalars(workdir, config.tensorboard and distributed.is_primary())
+    progress = Progress(config.quiet, num, start, workdir, tensorboard=config.tensorboard,
+                        config=config)
     test_set = _test_sets(config, stream)
     for t in range(start, num):
         t0 = time.perf_counter()
         bar = progress.steps(t, steps)
         with _naming_the_task(t):
-            state = learner.train(state, t, stream.task(t), steps,
-                                  on_chunk=lambda s, m, bar=bar: bar.update(s - bar.n))
+            state = learner.train(state, t, stream.task(t), steps, on_chunk=bar.chunk)
         train_secs = time.perf_counter() - t0
-        bar.close()
+        rate = bar.close()
         row = learner.row(state, t, test_set, only=None if t + 1 in points else t)
         rows[str(t)] = row
         right_after.append(row["gg"][t])
@@ -109,18 +108,17 @@ def run_tasks(config, workdir, stream, learner, ckpts):
                                   provenance=origin)
         if distributed.is_primary():
             results.write_results(workdir, res)
-        scalars.write(t + 1, {"train/steps_per_second": steps / train_secs,
-                              **row_scalars(row, t)})
-        line = (f"task {t}: {steps / train_secs:.0f} steps/s, GG {right_after[-1]:.4f}, "
+        line = (f"task {t}: {rate:.0f} steps/s, GG {right_after[-1]:.4f}, "
                 f"running average {np.mean(right_after):.4f}")
         inf_row = row.get("inferred")
         if inf_row is not None and None not in inf_row:  # a row that evaluated every task
             line += f", {config.scenario} over learned {np.mean(inf_row):.4f}"
         elif None not in row["gg"]:
             line += f", GG over learned {np.mean(row['gg']):.4f}"
-        progress.task_done(line)
+        progress.task_done(t, line, {"train/steps_per_second": rate,
+                                     "train/seconds": train_secs, "seconds": wall[-1],
+                                     **row_scalars(row, t)})
     progress.close()
-    scalars.close()
     return _finish(config, workdir, record.results_dict(
         config, rows, wall, learner.bytes_per_task(state, len(wall)), None, provenance=origin))
 
@@ -167,7 +165,8 @@ def run_nns(config, workdir, stream, trainer, ckpts):
     points = eval_points(config)
     trained = [sum(n for _, n in u) for u in usage]
     complete = _complete_prefix(trained, steps)
-    progress = Progress(config.quiet, num, complete)
+    progress = Progress(config.quiet, num, complete, workdir, tensorboard=config.tensorboard,
+                        config=config)
     iterators: dict[int, BatchIterator] = {}
 
     def batches(piece):
@@ -209,8 +208,10 @@ def run_nns(config, workdir, stream, trainer, ckpts):
         if distributed.is_primary():
             results.write_results(workdir, res)
         for t in range(before, complete):
-            progress.task_done(f"task {t}: {steps / wall[t]:.0f} steps/s, masks allocated "
-                               f"{learned.num_masks}")
+            progress.task_done(t, f"task {t}: {steps / wall[t]:.0f} steps/s, masks allocated "
+                               f"{learned.num_masks}",
+                               {"seconds": wall[t], "nns/masks_allocated": learned.num_masks,
+                                **row_scalars(rows.get(str(t)), t)})
     progress.close()
     return _finish(config, workdir, _nns_results(config, rows, wall, learned, usage, origin))
 
