@@ -127,6 +127,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "directory for the runs and the 
 _ONLY = flags.DEFINE_list("only", None, "run only these methods (labels of the figure)")
 _TINY = flags.DEFINE_bool("tiny", False, "add the tiny variant to every config")
 _SET = flags.DEFINE_multi_string("set", [], "FIELD=VALUE override for every method's config")
+_YLIM = flags.DEFINE_string("ylim", "0,1", "the figure's y range LOW,HIGH, or 'auto'")
 _SEEDS = flags.DEFINE_integer(
     "seeds", 1, "run every method with seeds 0..N-1 (each into WORKDIR/<method>/seed<k>): the "
     "table gives mean and standard deviation, the figure shaded bands")
@@ -184,18 +185,40 @@ def seed_curve(seeds: list[dict]) -> tuple[list[int], np.ndarray, np.ndarray]:
     return xs, ys.mean(0), std
 
 
-def plot_comparison(runs: dict[str, list[dict]], path, title: str) -> pathlib.Path:
-    """All methods' curves (mean over seeds, shaded +- one standard deviation) in one axes;
-    returns the PNG's path."""
+def display_labels(runs: dict[str, list[dict]]) -> dict[str, str]:
+    """Paper-style names (:func:`plots.method_label`) of a figure's curves; where two curves
+    share one, their output sizes tell them apart (``s=25``)."""
+    names = {label: plots.method_label(seeds[0]) for label, seeds in runs.items()}
+    for label, seeds in runs.items():
+        if list(names.values()).count(names[label]) > 1:
+            names[label] += f", s={seeds[0]['config'].get('num_outputs')}"
+    return names
+
+
+def plot_comparison(runs: dict[str, list[dict]], path, title: str,
+                    ylim: tuple[float, float] | None = (0.0, 1.0)) -> pathlib.Path:
+    """All methods' curves (mean over seeds, shaded +- one standard deviation) in one axes, in
+    each method's fixed colour, with the chance level; ``ylim`` None scales to the data.
+    Returns the PNG's path."""
     fig = plots.new_figure((7.0, 4.5))
     ax = fig.add_subplot()
-    for label, seeds in runs.items():
+    names = display_labels(runs)
+    styles = ["o-", "s--", "^-.", "v:"]
+    for k, (label, seeds) in enumerate(runs.items()):
         xs, ys, std = seed_curve(seeds)
         n = f", {len(seeds)} seeds" if len(seeds) > 1 else ""
-        (line,) = ax.plot(xs, ys, "o-", label=f"{label} ({seeds[0].get('scenario', '')}{n})",
-                          markersize=3)
+        color = plots.method_color(names[label])
+        ax.plot(xs, ys, styles[k % len(styles)], color=color, label=names[label] + n,
+                markersize=3)
         if len(seeds) > 1:
-            ax.fill_between(xs, ys - std, ys + std, color=line.get_color(), alpha=0.2)
+            ax.fill_between(xs, ys - std, ys + std, color=color, alpha=0.2)
+    chances = {plots.chance_level(seeds[0]) for seeds in runs.values()} - {None}
+    if len(chances) == 1:
+        chance = chances.pop()
+        ax.axhline(chance, color="gray", linestyle=":", linewidth=1,
+                   label=f"chance (1/{round(1 / chance)})")
+    if ylim is not None:
+        ax.set_ylim(*ylim)
     ax.set_xlabel("number of tasks learned")
     plots.integer_ticks(ax.xaxis)
     ax.set_ylabel("mean accuracy over learned tasks")
@@ -225,13 +248,14 @@ def table(runs: dict[str, list[dict]]) -> str:
     lines = ["| Method | Scenario | Seeds | Tasks | Accuracy (final row) | GG accuracy "
              "| Task inference | Forgetting | Bytes per task | Wall time (s) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
+    names = display_labels(runs)
     for label, seeds in runs.items():
         xs, _, _ = seed_curve(seeds)
         res = seeds[0]
         wall = np.mean([sum(v for v in r.get("wall_time_per_task") or [] if v is not None)
                         for r in seeds])
         lines.append(
-            f"| {label} | {res.get('scenario')} | {len(seeds)} | {xs[-1] if xs else '-'} "
+            f"| {names[label]} | {res.get('scenario')} | {len(seeds)} | {xs[-1] if xs else '-'} "
             f"| {_stat(seeds, 'average_accuracy')} | {_stat(seeds, 'gg_average_accuracy')} "
             f"| {_stat(seeds, 'task_inference_accuracy')} | {_stat(seeds, 'forgetting')} "
             f"| {res.get('bytes_per_task') or 0:,.0f} | {wall:.0f} |")
@@ -239,8 +263,8 @@ def table(runs: dict[str, list[dict]]) -> str:
 
 
 def run_figure(figure: str, workdir, *, only=None, tiny: bool = False,
-               extra: dict | None = None, quiet: bool = False, seeds: int = 1
-               ) -> dict[str, list[dict]]:
+               extra: dict | None = None, quiet: bool = False, seeds: int = 1,
+               ylim: tuple[float, float] | None = (0.0, 1.0)) -> dict[str, list[dict]]:
     """Run (or resume) every method of ``figure`` into ``workdir/<label>`` (with ``seeds`` > 1:
     seeds ``0..seeds-1`` into ``workdir/<label>/seed<k>``); write the figure and the table;
     return ``{label: [results of each seed]}``."""
@@ -275,7 +299,8 @@ def run_figure(figure: str, workdir, *, only=None, tiny: bool = False,
             runs[label].append(train_and_evaluate(config, sub))
             if not quiet:
                 print(f"{label} {sub.name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    plot_comparison(runs, workdir / "comparison.png", figure + (" (tiny)" if tiny else ""))
+    plot_comparison(runs, workdir / "comparison.png", figure + (" (tiny)" if tiny else ""),
+                    ylim)
     text = table(runs)
     results.atomic_write(workdir / "comparison.md", lambda f: f.write(text))
     return runs
@@ -285,8 +310,12 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)
+    ylim = None if _YLIM.value == "auto" else tuple(float(v) for v in _YLIM.value.split(","))
+    if ylim is not None and (len(ylim) != 2 or not ylim[0] < ylim[1]):
+        raise app.UsageError(f"--ylim expects LOW,HIGH with LOW < HIGH, or auto; got "
+                             f"{_YLIM.value!r}")
     run_figure(_FIGURE.value, _WORKDIR.value, only=_ONLY.value, tiny=_TINY.value,
-               extra=_parse_set(_SET.value), seeds=_SEEDS.value)
+               extra=_parse_set(_SET.value), seeds=_SEEDS.value, ylim=ylim)
     path = os.path.join(_WORKDIR.value, "comparison.md")
     with open(path, encoding="utf-8") as f:
         print(f.read())

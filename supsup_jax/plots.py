@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,8 +22,14 @@ from matplotlib.ticker import MaxNLocator
 from supsup_jax import results as results_lib
 
 __all__ = [
+    "ANNOTATE_UP_TO",
     "DPI",
+    "accuracy_matrix_figure",
+    "accuracy_vs_tasks_figure",
+    "chance_level",
     "integer_ticks",
+    "method_color",
+    "method_label",
     "new_figure",
     "plot_hopfield_recovery",
     "plot_accuracy_matrix",
@@ -33,6 +40,62 @@ __all__ = [
 ]
 
 DPI = 120
+# Matrices up to this size show each cell's value.
+ANNOTATE_UP_TO = 12
+_INFERENCE = {"one_shot": "One-Shot", "binary": "Binary", "exhaustive": "Exhaustive",
+              "gradient_descent": "GD on alpha", "shortlist": "Shortlist"}
+_METHODS = {"supsup": "SupSup", "batche": "BatchE", "psp": "PSP",
+            "separate_heads": "Separate heads", "upper_bound": "Upper bound",
+            "lower_bound": "Lower bound", "hopsupsup": "HopSupSup"}
+# One colour per method across every figure (the paper's methods first).
+_COLORS = {"SupSup (GNu, One-Shot G)": "tab:blue", "SupSup (GNu, One-Shot H)": "tab:cyan",
+           "SupSup (GNu, Binary H)": "tab:blue", "SupSup (GNu, Binary G)": "tab:cyan",
+           "SupSup (GG)": "navy", "SupSup Transfer (GG)": "tab:brown",
+           "SupSup (NNs)": "tab:olive", "SupSup (GNs, One-Shot G)": "tab:pink",
+           "BatchE (GG)": "tab:orange", "BatchE Rand W (GG)": "gold",
+           "BatchE (GNu, One-Shot G)": "tab:red", "PSP (GG)": "tab:green",
+           "Separate heads (GG)": "tab:purple", "Separate heads Rand W (GG)": "plum",
+           "Upper bound (GG)": "black", "Lower bound (GG)": "tab:gray"}
+_PALETTE = matplotlib.colormaps["tab20"].colors
+
+
+def method_label(results: Mapping[str, Any]) -> str:
+    """A paper-style name of a run's method, e.g. ``"SupSup (GNu, One-Shot G)"``,
+    ``"BatchE (GG)"``, ``"SupSup Transfer (GG)"``."""
+    config = results.get("config") or {}
+    method = str(config.get("method") or results.get("method") or "supsup")
+    name = _METHODS.get(method, method)
+    if config.get("transfer"):
+        name += " Transfer"
+    if config.get("rand_w"):
+        name += " Rand W"
+    scenario = str(results.get("scenario") or config.get("scenario") or "")
+    inference = config.get("inference") or {}
+    if scenario in ("GNu", "GNs") and inference:
+        how = _INFERENCE.get(inference.get("method"), str(inference.get("method")))
+        return f"{name} ({scenario}, {how} {str(inference.get('objective', '')).upper()})"
+    return f"{name} ({scenario})" if scenario else name
+
+
+def method_color(label: str):
+    """The colour of ``label`` (:func:`method_label`) in every figure; labels outside the
+    paper's methods get a colour fixed by the label's text."""
+    if label in _COLORS:
+        return _COLORS[label]
+    return _PALETTE[zlib.crc32(label.encode()) % len(_PALETTE)]
+
+
+def chance_level(results: Mapping[str, Any]) -> float | None:
+    """``1 / classes`` of a task (None when the run does not record its classes)."""
+    classes = results.get("classes_per_task")
+    return 1.0 / classes if classes else None
+
+
+def _chance_line(ax, results) -> None:
+    chance = chance_level(results)
+    if chance is not None:
+        ax.axhline(chance, color="gray", linestyle=":", linewidth=1,
+                   label=f"chance (1/{round(1 / chance)})")
 
 
 def new_figure(figsize: tuple[float, float]) -> Figure:
@@ -68,16 +131,20 @@ def integer_ticks(*axes_) -> None:
         axis.set_major_locator(MaxNLocator(integer=True))
 
 
-def _title(results: Mapping[str, Any]) -> str:
-    config = results.get("config") or {}
-    return str(config.get("name", results.get("scenario", "")))
+def plot_accuracy_vs_tasks(results: Mapping[str, Any], path: str | os.PathLike, *,
+                           ylim: tuple[float, float] = (0.0, 1.0)) -> pathlib.Path:
+    """Write :func:`accuracy_vs_tasks_figure` as a PNG; returns its path."""
+    return save_figure(accuracy_vs_tasks_figure(results, ylim=ylim), path)
 
 
-def plot_accuracy_vs_tasks(results: Mapping[str, Any], path: str | os.PathLike) -> pathlib.Path:
+def accuracy_vs_tasks_figure(results: Mapping[str, Any], *,
+                             ylim: tuple[float, float] = (0.0, 1.0)) -> Figure:
     """Mean accuracy over the learned tasks against the number of tasks learned.
 
     One line with the task given (GG) and, when the run inferred tasks, one with the task
-    inferred, in the same axes as in the paper's figures. Only evaluated rows are plotted.
+    inferred (drawn first, so that GG stays visible where they coincide), and the chance level.
+    Only evaluated rows are plotted. ``ylim``: the y range (the same for every run by default,
+    so that a small change does not look like a cliff).
 
     Returns:
         The path of the PNG written.
@@ -86,30 +153,35 @@ def plot_accuracy_vs_tasks(results: Mapping[str, Any], path: str | os.PathLike) 
     scenario = str(results.get("scenario", ""))
     fig = new_figure((6.0, 4.0))
     ax = fig.add_subplot()
-    curves = [("accuracy_matrix", "GG, task given", "o-"),
-              ("inferred_accuracy_matrix", f"{scenario}, task inferred", "s--")]
-    for key, label, style in curves:
+    curves = [("inferred_accuracy_matrix", f"{scenario}, task inferred", "s-", 7),
+              ("accuracy_matrix", "GG, task given", "o--", 4)]
+    for key, label, style, size in curves:
         m = results_lib.matrix(results, key)
         if m is not None:
             xs, ys = _row_means(m, rows)
-            ax.plot(xs, ys, style, label=label)
+            ax.plot(xs, ys, style, label=label, markersize=size)
+    _chance_line(ax, results)
+    ax.set_ylim(*ylim)
     ax.set_xlabel("number of tasks learned")
     integer_ticks(ax.xaxis)
     ax.set_ylabel("mean accuracy over learned tasks")
-    ax.set_title(_title(results))
+    ax.set_title(method_label(results))
     ax.grid(True, alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
-    return save_figure(fig, path)
+    return fig
 
 
 def plot_accuracy_matrix(results: Mapping[str, Any], path: str | os.PathLike) -> pathlib.Path:
+    """Write :func:`accuracy_matrix_figure` as a PNG; returns its path."""
+    return save_figure(accuracy_matrix_figure(results), path)
+
+
+def accuracy_matrix_figure(results: Mapping[str, Any]) -> Figure:
     """Heat map of the GG accuracy matrix, and of the inferred one beside it when present.
 
-    Undefined cells (above the diagonal, rows not evaluated) are left blank.
-
-    Returns:
-        The path of the PNG written.
+    Undefined cells (above the diagonal, rows not evaluated) are left blank; up to
+    :data:`ANNOTATE_UP_TO` tasks, each cell shows its value.
     """
     panels = [("accuracy_matrix", "task given (GG)")]
     if results.get("inferred_accuracy_matrix") is not None:
@@ -133,10 +205,15 @@ def plot_accuracy_matrix(results: Mapping[str, Any], path: str | os.PathLike) ->
         ax.set_ylabel("tasks learned")
         integer_ticks(ax.xaxis, ax.yaxis)
         ax.set_title(title)
+        if n <= ANNOTATE_UP_TO:
+            for (row, col), value in np.ndenumerate(m):
+                if np.isfinite(value):
+                    ax.text(col, row + 1, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                            color="white" if value < 0.6 * vmax else "black")
     if image is not None:
         fig.colorbar(image, ax=axes, label="accuracy")
-    fig.suptitle(_title(results))
-    return save_figure(fig, path)
+    fig.suptitle(method_label(results))
+    return fig
 
 
 def plot_task_inference(results: Mapping[str, Any],
@@ -166,7 +243,7 @@ def plot_task_inference(results: Mapping[str, Any],
     integer_ticks(ax.xaxis)
     ax.set_ylabel("task-inference accuracy")
     ax.set_ylim(0.0, max(1.05, float(acc[defined].max()) * 1.05))
-    ax.set_title(f"{_title(results)}: after {t + 1} tasks learned")
+    ax.set_title(f"{method_label(results)}: after {t + 1} tasks learned")
     ax.legend(loc="lower right")
     return save_figure(fig, path)
 

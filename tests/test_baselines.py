@@ -418,7 +418,9 @@ def test_compare_draws_every_method(tmp_path, fashion_mnist):
     assert set(runs) == {"supsup_gnu_h", "supsup_gnu_g", "batche_gg", "psp_gg"}
     assert os.path.getsize(tmp_path / "comparison.png") > 0
     text = (tmp_path / "comparison.md").read_text()
-    assert all(f"| {label} |" in text for label in runs)
+    names = compare.display_labels(runs)
+    assert names["supsup_gnu_h"] == "SupSup (GNu, Binary H)" and names["psp_gg"] == "PSP (GG)"
+    assert all(f"| {name} |" in text for name in names.values())
     runs = {label: seeds[0] for label, seeds in runs.items()}
     assert runs["supsup_gnu_h"]["scenario"] == "GNu" and runs["psp_gg"]["scenario"] == "GG"
     assert all(r["config"]["stream"] == "rotated" for r in runs.values())
@@ -461,8 +463,9 @@ def test_compare_over_seeds_reports_mean_and_deviation(tmp_path, fashion_mnist):
         np.testing.assert_allclose(mean, np.mean(per_seed, 0))
         np.testing.assert_allclose(std, np.std(per_seed, 0, ddof=1))
         acc = [r["average_accuracy"] for r in seeds]
+        name = compare.display_labels(runs)[label]
         row = next(line for line in (tmp_path / "comparison.md").read_text().splitlines()
-                   if line.startswith(f"| {label} |"))
+                   if line.startswith(f"| {name} |"))
         assert f"{np.mean(acc):.4f} ± {np.std(acc, ddof=1):.4f}" in row and "| 2 |" in row
     # Different seeds are different runs (stream and weights).
     assert runs["psp_gg"][0]["accuracy_matrix"] != runs["psp_gg"][1]["accuracy_matrix"]

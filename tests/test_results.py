@@ -197,3 +197,44 @@ def test_load_results_errors_name_the_path(tmp_path):
 def test_write_rejects_unstorable_values(tmp_path):
     with pytest.raises(TypeError, match=r"results\['config'\]\['fn'\]"):
         results_lib.write_results(tmp_path, {"config": {"fn": print}})
+
+
+def test_method_labels_and_fixed_colours():
+    def res(method="supsup", scenario="GG", **config):
+        inference = config.pop("inference", None)
+        return {"scenario": scenario, "config": {"method": method, "inference": inference or {},
+                                                  **config}}
+
+    one_shot_g = {"method": "one_shot", "objective": "g"}
+    assert plots.method_label(res(scenario="GNu", inference=one_shot_g)) == \
+        "SupSup (GNu, One-Shot G)"
+    assert plots.method_label(res(scenario="GNu", inference={"method": "binary",
+                                                              "objective": "h"})) == \
+        "SupSup (GNu, Binary H)"
+    assert plots.method_label(res(transfer=True)) == "SupSup Transfer (GG)"
+    assert plots.method_label(res("batche", rand_w=True)) == "BatchE Rand W (GG)"
+    assert plots.method_label(res("psp")) == "PSP (GG)"
+    assert plots.method_label(res("batche", "GNu", inference=one_shot_g)) == \
+        "BatchE (GNu, One-Shot G)"
+    # The same method has the same colour in every figure; methods differ.
+    assert plots.method_color("BatchE (GG)") == plots.method_color("BatchE (GG)") != \
+        plots.method_color("PSP (GG)")
+    assert plots.method_color("Something new") == plots.method_color("Something new")
+
+
+def test_figures_share_the_y_range_show_chance_and_cell_values():
+    r = _gnu_results()
+    r["classes_per_task"] = 10
+    fig = plots.accuracy_vs_tasks_figure(r)
+    ax = fig.axes[0]
+    assert ax.get_ylim() == (0.0, 1.0)
+    labels = ax.get_legend_handles_labels()[1]
+    assert labels == ["GNu, task inferred", "GG, task given", "chance (1/10)"]
+    chance = [ln for ln in ax.get_lines() if ln.get_label().startswith("chance")][0]
+    assert chance.get_ydata()[0] == pytest.approx(0.1)
+    assert plots.accuracy_vs_tasks_figure(r, ylim=(0.5, 0.8)).axes[0].get_ylim() == (0.5, 0.8)
+    m = plots.accuracy_matrix_figure(r)
+    texts = [t.get_text() for a in m.axes for t in a.texts]
+    # Every defined cell of both matrices (7 + 7), with its value.
+    assert len(texts) == 14 and "0.75" in texts and "0.25" in texts
+    assert plots.chance_level(_gg_results()) is None  # not recorded: no line

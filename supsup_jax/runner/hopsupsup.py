@@ -144,6 +144,7 @@ def run(config, workdir: str | os.PathLike, ckpts) -> dict[str, Any]:
                   "mask_density": [float(np.mean(np.concatenate(list(m.values()))))
                                    for m in masks]},
         storage=storage, train_wall_time=train_secs, provenance=record.provenance(stream),
+        classes_per_task=stream.task(0).num_classes,
         total_wall_time=time.perf_counter() - start)
     results.write_results(workdir, res)
     plots.write_plots(res, workdir)

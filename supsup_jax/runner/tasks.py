@@ -73,7 +73,8 @@ def _finish(config, workdir, res):
 
 def run_tasks(config, workdir, stream, learner, ckpts):
     """The task loop for a learner of :mod:`supsup_jax.runner.learners`."""
-    origin = record.provenance(stream)
+    origin = {"provenance": record.provenance(stream),
+              "classes_per_task": stream.task(0).num_classes}
     num = config.num_tasks
     steps = steps_per_task(config, stream)
     state = learner.init()
@@ -105,7 +106,7 @@ def run_tasks(config, workdir, stream, learner, ckpts):
                 "right_after": right_after}
         ckpts.save(t + 1, learner.saved(state), meta)
         res = record.results_dict(config, rows, wall, learner.bytes_per_task(state, t + 1), None,
-                                  provenance=origin)
+                                  **origin)
         if distributed.is_primary():
             results.write_results(workdir, res)
         line = (f"task {t}: {rate:.0f} steps/s, GG {right_after[-1]:.4f}, "
@@ -120,7 +121,7 @@ def run_tasks(config, workdir, stream, learner, ckpts):
                                      **row_scalars(row, t)})
     progress.close()
     return _finish(config, workdir, record.results_dict(
-        config, rows, wall, learner.bytes_per_task(state, len(wall)), None, provenance=origin))
+        config, rows, wall, learner.bytes_per_task(state, len(wall)), None, **origin))
 
 
 def run_nns(config, workdir, stream, trainer, ckpts):
@@ -129,7 +130,8 @@ def run_nns(config, workdir, stream, trainer, ckpts):
 
     Row ``t`` is evaluated once every batch of tasks ``0..t`` has been trained on; a checkpoint
     is written after each block in which a piece of a task ends."""
-    origin = record.provenance(stream)
+    origin = {"provenance": record.provenance(stream),
+              "classes_per_task": stream.task(0).num_classes}
     num = config.num_tasks
     steps = steps_per_task(config, stream)
     every = config.nns.decide_every
@@ -239,7 +241,7 @@ def _piece_ends(schedule, b: int) -> bool:
 
 def _nns_results(config, rows, wall, learned, usage, origin) -> dict:
     return record.results_dict(config, rows, wall, bank_bytes(learned.bank), learned.num_masks,
-                               provenance=origin, nns={"boundaries": config.nns.boundaries,
+                               **origin, nns={"boundaries": config.nns.boundaries,
                                     **nns_stream.slot_purity(usage)})
 
 
