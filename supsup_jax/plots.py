@@ -85,9 +85,20 @@ def method_color(label: str):
     return _PALETTE[zlib.crc32(label.encode()) % len(_PALETTE)]
 
 
+# Classes per task of the fixed streams, for results written before ``classes_per_task``.
+_STREAM_CLASSES = {"split_mnist": 2, "split_cifar100": 5, "split_imagenet": 10}
+
+
 def chance_level(results: Mapping[str, Any]) -> float | None:
-    """``1 / classes`` of a task (None when the run does not record its classes)."""
+    """``1 / classes`` of a task (None when neither the results nor their config say)."""
     classes = results.get("classes_per_task")
+    config = results.get("config") or {}
+    if not classes and config.get("stream") in ("permuted", "rotated") and config.get(
+            "dataset") in ("mnist", "fashion_mnist"):
+        classes = 10
+    elif not classes:
+        classes = (config.get("classes_per_task") if config.get("stream") == "split"
+                   else _STREAM_CLASSES.get(config.get("stream")))
     return 1.0 / classes if classes else None
 
 

@@ -238,3 +238,12 @@ def test_figures_share_the_y_range_show_chance_and_cell_values():
     # Every defined cell of both matrices (7 + 7), with its value.
     assert len(texts) == 14 and "0.75" in texts and "0.25" in texts
     assert plots.chance_level(_gg_results()) is None  # not recorded: no line
+
+
+def test_chance_level_of_runs_written_before_the_field():
+    assert plots.chance_level({"config": {"stream": "permuted", "dataset": "fashion_mnist"}}) \
+        == pytest.approx(0.1)
+    assert plots.chance_level({"config": {"stream": "split", "classes_per_task": 5}}) == 0.2
+    assert plots.chance_level({"config": {"stream": "split_mnist"}}) == 0.5
+    assert plots.chance_level({"config": {"stream": "permuted", "dataset": "cifar10x"}}) is None
+    assert plots.chance_level({"classes_per_task": 4, "config": {}}) == 0.25
