@@ -122,11 +122,27 @@ FIGURES: dict[str, list[tuple[str, str, str, dict]]] = {
     ],
 }
 
+TITLES = {
+    "permuted": "PermutedMNIST, 250 tasks, FC 1024-1024 (paper Fig. 3 right)",
+    "permuted_fashion": "PermutedFashionMNIST, FC 1024-1024 (twin of paper Fig. 3 right)",
+    "permuted_fashion_lenet": "PermutedFashionMNIST, LeNet 300-100 (twin of paper Fig. 3 left)",
+    "permuted_fashion10": "PermutedFashionMNIST, 10 tasks, FC 1024-1024",
+    "batche_oneshot": "PermutedMNIST, One-Shot on BatchE (paper Fig. 5 right)",
+    "batche_oneshot_fashion": "PermutedFashionMNIST, One-Shot on BatchE (twin of Fig. 5 right)",
+    "rotated": "RotatedMNIST, 36 tasks, FC 1024-1024 (paper Fig. 5 left)",
+    "rotated_fashion": "RotatedFashionMNIST, 36 tasks, FC 1024-1024 (twin of Fig. 5 left)",
+    "output_size_fashion_lenet": "Output size s, PermutedFashionMNIST, LeNet 300-100 (Fig. 6 twin)",
+    "output_size_fashion_fc": "Output size s, PermutedFashionMNIST, FC 1024-1024 (Fig. 6 twin)",
+    "splitcifar100": "SplitCIFAR100, GG (paper Fig. 2 right)",
+}
+
 _FIGURE = flags.DEFINE_enum("figure", None, sorted(FIGURES), "which figure to produce")
 _WORKDIR = flags.DEFINE_string("workdir", None, "directory for the runs and the figure")
 _ONLY = flags.DEFINE_list("only", None, "run only these methods (labels of the figure)")
 _TINY = flags.DEFINE_bool("tiny", False, "add the tiny variant to every config")
 _SET = flags.DEFINE_multi_string("set", [], "FIELD=VALUE override for every method's config")
+_REPLOT = flags.DEFINE_bool("replot", False, "run nothing: redraw the figure and the table "
+                            "from the finished runs in WORKDIR")
 _YLIM = flags.DEFINE_string("ylim", "0,1", "the figure's y range LOW,HIGH, or 'auto'")
 _SEEDS = flags.DEFINE_integer(
     "seeds", 1, "run every method with seeds 0..N-1 (each into WORKDIR/<method>/seed<k>): the "
@@ -264,10 +280,12 @@ def table(runs: dict[str, list[dict]]) -> str:
 
 def run_figure(figure: str, workdir, *, only=None, tiny: bool = False,
                extra: dict | None = None, quiet: bool = False, seeds: int = 1,
-               ylim: tuple[float, float] | None = (0.0, 1.0)) -> dict[str, list[dict]]:
+               ylim: tuple[float, float] | None = (0.0, 1.0), replot: bool = False
+               ) -> dict[str, list[dict]]:
     """Run (or resume) every method of ``figure`` into ``workdir/<label>`` (with ``seeds`` > 1:
     seeds ``0..seeds-1`` into ``workdir/<label>/seed<k>``); write the figure and the table;
-    return ``{label: [results of each seed]}``."""
+    return ``{label: [results of each seed]}``. ``replot``: run nothing, draw the methods
+    whose runs have finished."""
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")
     if seeds > 1 and "seed" in (extra or {}):
@@ -284,7 +302,7 @@ def run_figure(figure: str, workdir, *, only=None, tiny: bool = False,
     dirs = lambda label: ([workdir / label] if seeds == 1  # noqa: E731
                           else [workdir / label / f"seed{k}" for k in range(seeds)])
     for label, module, variants, overrides in specs:
-        if only and label not in only:
+        if replot or (only and label not in only):
             done = [d for d in dirs(label) if (d / results.RESULTS_FILE).exists()]
             if done and len(done) == len(dirs(label)):  # keep finished curves in the figure
                 runs[label] = [results.load_results(d) for d in done]
@@ -299,8 +317,8 @@ def run_figure(figure: str, workdir, *, only=None, tiny: bool = False,
             runs[label].append(train_and_evaluate(config, sub))
             if not quiet:
                 print(f"{label} {sub.name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    plot_comparison(runs, workdir / "comparison.png", figure + (" (tiny)" if tiny else ""),
-                    ylim)
+    plot_comparison(runs, workdir / "comparison.png",
+                    TITLES.get(figure, figure) + (" (tiny)" if tiny else ""), ylim)
     text = table(runs)
     results.atomic_write(workdir / "comparison.md", lambda f: f.write(text))
     return runs
@@ -315,7 +333,8 @@ def main(argv):
         raise app.UsageError(f"--ylim expects LOW,HIGH with LOW < HIGH, or auto; got "
                              f"{_YLIM.value!r}")
     run_figure(_FIGURE.value, _WORKDIR.value, only=_ONLY.value, tiny=_TINY.value,
-               extra=_parse_set(_SET.value), seeds=_SEEDS.value, ylim=ylim)
+               extra=_parse_set(_SET.value), seeds=_SEEDS.value, ylim=ylim,
+               replot=_REPLOT.value)
     path = os.path.join(_WORKDIR.value, "comparison.md")
     with open(path, encoding="utf-8") as f:
         print(f.read())
