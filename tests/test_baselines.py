@@ -421,6 +421,11 @@ def test_compare_draws_every_method(tmp_path, fashion_mnist):
     names = compare.display_labels(runs)
     assert names["supsup_gnu_h"] == "SupSup (GNu, Binary H)" and names["psp_gg"] == "PSP (GG)"
     assert all(f"| {name} |" in text for name in names.values())
+    # Redrawing runs nothing and finds every finished run.
+    again = compare.run_figure("rotated_fashion", tmp_path, replot=True, quiet=True)
+    assert {k: [r["accuracy_matrix"] for r in v] for k, v in again.items()} == \
+        {k: [r["accuracy_matrix"] for r in v] for k, v in runs.items()}
+    assert set(compare.TITLES) == set(compare.FIGURES)
     runs = {label: seeds[0] for label, seeds in runs.items()}
     assert runs["supsup_gnu_h"]["scenario"] == "GNu" and runs["psp_gg"]["scenario"] == "GG"
     assert all(r["config"]["stream"] == "rotated" for r in runs.values())
