@@ -6,7 +6,8 @@ runs every method of the figure through the runner (:func:`train_and_evaluate`, 
 ``WORKDIR/<method>``, so re-running resumes where it stopped and skips finished methods), then
 writes ``WORKDIR/comparison.png`` (mean accuracy over the learned tasks against tasks learned,
 one curve per method; GNu curves use the accuracy with the task inferred) and
-``WORKDIR/comparison.md`` (a markdown table). ``--only=a,b`` runs a subset; ``--tiny`` adds the
+``WORKDIR/comparison.md`` (a markdown table) and ``WORKDIR/comparison.json`` (curves and
+summary metrics, without the matrices). ``--only=a,b`` runs a subset; ``--tiny`` adds the
 ``tiny`` variant to every config (a smoke test); ``--set FIELD=VALUE`` overrides a config field
 of every method (e.g. ``--set num_tasks=5``); ``--seeds=N`` runs every method with seeds
 ``0..N-1`` (into ``WORKDIR/<method>/seed<k>``) and reports mean ± standard deviation (table) and
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import json
 import os
 import pathlib
 import sys
@@ -321,7 +323,29 @@ def run_figure(figure: str, workdir, *, only=None, tiny: bool = False,
                     TITLES.get(figure, figure) + (" (tiny)" if tiny else ""), ylim)
     text = table(runs)
     results.atomic_write(workdir / "comparison.md", lambda f: f.write(text))
+    summary = json.dumps(summarise(figure, runs), indent=1)
+    results.atomic_write(workdir / "comparison.json", lambda f: f.write(summary))
     return runs
+
+
+def summarise(figure: str, runs: dict[str, list[dict]]) -> dict:
+    """The figure's numbers without the matrices (a file small enough to commit): per method
+    and seed, the curve, the summary metrics, the wall time and the provenance."""
+    names = display_labels(runs)
+    keys = ("average_accuracy", "gg_average_accuracy", "task_inference_accuracy", "forgetting",
+            "backward_transfer", "bytes_per_task", "masks_allocated", "provenance")
+    out = {"figure": figure, "title": TITLES.get(figure, figure), "methods": {}}
+    for label, seeds in runs.items():
+        out["methods"][label] = {"label": names[label], "scenario": seeds[0].get("scenario"),
+                                 "seeds": []}
+        for res in seeds:
+            xs, ys = curve(res)
+            wall = [v for v in res.get("wall_time_per_task") or [] if v is not None]
+            out["methods"][label]["seeds"].append({
+                "seed": res.get("seed"), "config": res["config"].get("name"),
+                "curve": [[x, y] for x, y in zip(xs, ys, strict=True)],
+                "wall_time_total": sum(wall), **{k: res.get(k) for k in keys}})
+    return out
 
 
 def main(argv):

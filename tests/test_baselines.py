@@ -1,6 +1,7 @@
 """Baselines (SPEC 1.10): each forward against plain numpy, per-task state isolation, BatchE's
 One-Shot against a hand-computed entropy gradient, bad input, and the runner end to end."""
 
+import json
 import os
 import shutil
 
@@ -472,6 +473,10 @@ def test_compare_over_seeds_reports_mean_and_deviation(tmp_path, fashion_mnist):
         row = next(line for line in (tmp_path / "comparison.md").read_text().splitlines()
                    if line.startswith(f"| {name} |"))
         assert f"{np.mean(acc):.4f} ± {np.std(acc, ddof=1):.4f}" in row and "| 2 |" in row
+    summary = json.loads((tmp_path / "comparison.json").read_text())
+    for label, seeds in runs.items():
+        assert [s["curve"] for s in summary["methods"][label]["seeds"]] == [
+            [list(p) for p in zip(*compare.curve(r), strict=True)] for r in seeds]
     # Different seeds are different runs (stream and weights).
     assert runs["psp_gg"][0]["accuracy_matrix"] != runs["psp_gg"][1]["accuracy_matrix"]
     assert os.path.getsize(tmp_path / "comparison.png") > 0
