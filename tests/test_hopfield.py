@@ -1,5 +1,6 @@
 """Hopfield storage and HopSupSup recovery (SPEC 1.9) against independent references."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -343,8 +344,7 @@ def test_annealed_recovery_step_and_schedule_against_a_hand_reference(monkeypatc
     got, _, _, _ = rec._step(net.params, memory, scores, rec.optimizer.init(scores),
                              jnp.asarray(images), jnp.float32(frac))
     assert any(np.any(np.asarray(g[p]) != 0) for p in g)
-    for p in scores:
-        np.testing.assert_allclose(np.asarray(got[p]), want[p], rtol=1e-4, atol=1e-5)
+    chex.assert_trees_all_close(got, want, rtol=1e-4, atol=1e-5)
 
     # The schedule: batch b of N is weighted (1 - b/N) H + gamma (b/N) E, b = 1..N.
     fracs = []

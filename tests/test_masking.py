@@ -1,5 +1,6 @@
 """Masking parameter pytrees: selection, W * M, and errors."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -58,7 +59,7 @@ def test_masking_a_linen_model_we_did_not_write():
     ref, upd = module.apply({"params": hand, "batch_stats": net.batch_stats}, x, train=True,
                             mutable=["batch_stats"])
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-6)
-    jax.tree.map(np.testing.assert_array_equal, stats, upd["batch_stats"])
+    chex.assert_trees_all_equal(stats, upd["batch_stats"])
 
 
 def test_custom_filter_and_er_densities():

@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -62,7 +63,7 @@ def test_gemresnet18_forward_and_nonaffine_bn():
     changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), stats, net.batch_stats)
     assert all(jax.tree.leaves(changed))
     _, same = net.apply(net.params, stats, x, False)
-    jax.tree.map(np.testing.assert_array_equal, same, stats)
+    chex.assert_trees_all_equal(same, stats)
 
 
 def test_resnet50_masked_weight_count_and_small_forward():

@@ -1,5 +1,6 @@
 """Per-task mask training (GG): jitted vs non-jitted, no recompilation, vmap over tasks, BN."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -48,9 +49,8 @@ def test_jitted_chunk_equals_python_loop_of_unjitted_steps(small_permuted):
         ref, _ = trainer.train_step(trainer.network.params, ref, task.train_images[idx],
                                     task.train_labels[idx], jax.random.fold_in(key, step))
     state = trainer.train_task(state, task.train_images, task.train_labels, key, 5, 64)
-    for p in ref.scores:
-        np.testing.assert_allclose(np.asarray(state.scores[p]), np.asarray(ref.scores[p]),
-                                   rtol=1e-4, atol=2e-5)  # RMSprop amplifies f32 rounding
+    # RMSprop amplifies f32 rounding.
+    chex.assert_trees_all_close(state.scores, ref.scores, rtol=1e-4, atol=2e-5)
 
 
 def test_resuming_mid_task_equals_uninterrupted(small_permuted):
@@ -63,9 +63,7 @@ def test_resuming_mid_task_equals_uninterrupted(small_permuted):
                               task.train_labels, key, 13, 64)
     rest = trainer.train_task(half, task.train_images, task.train_labels, key, 17, 64,
                               start_step=13)
-    for p in full.scores:
-        np.testing.assert_allclose(np.asarray(rest.scores[p]), np.asarray(full.scores[p]),
-                                   rtol=1e-4, atol=2e-5)  # RMSprop amplifies f32 rounding
+    chex.assert_trees_all_close(rest.scores, full.scores, rtol=1e-4, atol=2e-5)
 
 
 def test_gg_tasks_learn_no_recompile_and_vmap_equals_loop(small_permuted):
@@ -84,8 +82,7 @@ def test_gg_tasks_learn_no_recompile_and_vmap_equals_loop(small_permuted):
     # One compilation for all three tasks (chunks of 20 divide 100).
     assert sizes == [1, 1, 1]
     # Frozen weights never change.
-    jax.tree.map(np.testing.assert_array_equal, params_before,
-                 jax.tree.map(np.asarray, trainer.network.params))
+    chex.assert_trees_all_equal(params_before, trainer.network.params)
     # Each task learned (10 classes: chance 0.1).
     assert min(accs) > 0.6, accs
     # A mask of task 0 does poorly on task 1's permutation: the masks are task-specific.
