@@ -1,7 +1,7 @@
 """The library's own error types, one per kind of mistake a user can make (the rest are the
 built-in ``ValueError``, ``TypeError`` and ``IndexError`` with a message naming the argument).
 
-The CLI prints these as one line without a traceback (``experiments/run.py``)."""
+The CLI prints these as one line without a traceback (:mod:`supsup_jax.runner.cli`)."""
 
 from __future__ import annotations
 

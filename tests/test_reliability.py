@@ -283,8 +283,8 @@ def test_cli_help_lists_configs_variants_and_fields():
     r = subprocess.run([sys.executable, "-m", "experiments.run", "--help"], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    from experiments import run
     from experiments.configs import base
+    from supsup_jax.runner import cli as run
 
     for name in run.config_names():  # every config, with its own variants
         module = __import__(f"experiments.configs.{name}", fromlist=["VARIANTS"])

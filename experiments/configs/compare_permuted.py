@@ -23,8 +23,8 @@ Reproduce (``fashion``: PermutedFashionMNIST, which runs here; ``tiny``: CPU smo
     python -m experiments.compare --figure=permuted_fashion10 --workdir=runs/compare10
 """
 
-from experiments.configs import gnu_permuted, gnu_rotated
-from experiments.configs.base import apply_common_variants, base_config, parse_variants
+from . import gnu_permuted, gnu_rotated
+from .base import apply_common_variants, base_config, parse_variants
 
 METHODS = ("supsup", "batche", "psp")
 _OPTIONS = {"lenet", "h", "g", "randw", "oneshot", "binary", "rotated", "shortlist"}

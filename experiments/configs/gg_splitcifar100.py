@@ -23,7 +23,7 @@ Every method keeps per-task non-affine BN statistics. All curves in one figure:
         --workdir=runs/cifar_t
 """
 
-from experiments.configs.base import apply_common_variants, base_config, parse_variants
+from .base import apply_common_variants, base_config, parse_variants
 
 ER = {f"er{s}": s for s in (1, 2, 4, 8, 16, 32)}
 BASELINES = ("batche", "separate_heads", "upper_bound", "lower_bound")

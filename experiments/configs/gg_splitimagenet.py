@@ -6,7 +6,7 @@ Adam lr 1e-3 without weight decay, batch 256, cosine over 100 epochs with 5 warm
     python -m experiments.run --config=experiments/configs/gg_splitimagenet.py:er8 --workdir=runs/in
 """
 
-from experiments.configs.base import apply_common_variants, base_config, parse_variants
+from .base import apply_common_variants, base_config, parse_variants
 
 ER = {"er4": 4, "er8": 8, "er16": 16, "er32": 32}
 

@@ -5,7 +5,7 @@ G on one image. The paper reports GNu only (strictly harder). Reproduce:
     python -m experiments.run --config=experiments/configs/gns_permuted.py --workdir=runs/gns
 """
 
-from experiments.configs.base import apply_common_variants, base_config, parse_variants
+from .base import apply_common_variants, base_config, parse_variants
 
 # This config's own variants (``tiny`` and ``fashion`` apply to every config).
 VARIANTS = frozenset()

@@ -11,7 +11,7 @@ first round's runner), ``revisit`` splits each task into two pieces that return 
     python -m experiments.run --config=experiments/configs/gnu_2500.py:nns --workdir=runs/nns2500
 """
 
-from experiments.configs.base import apply_common_variants, base_config, parse_variants
+from .base import apply_common_variants, base_config, parse_variants
 
 # This config's own variants (``tiny`` and ``fashion`` apply to every config).
 VARIANTS = frozenset({"nns", "g", "aligned", "revisit"})

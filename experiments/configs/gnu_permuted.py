@@ -12,7 +12,7 @@ ranks best, re-ranked by S under each mask alone, ``supsup_jax.inference.shortli
 RESULTS.md), ``fashion`` (PermutedFashionMNIST, runs here), ``tiny`` (CPU smoke test).
 """
 
-from experiments.configs.base import (
+from .base import (
     apply_common_variants,
     base_config,
     parse_variants,

@@ -7,7 +7,7 @@ Reproduce:
     python -m experiments.run --config=experiments/configs/gnu_rotated.py --workdir=runs/rotated
 """
 
-from experiments.configs.base import (
+from .base import (
     apply_common_variants,
     base_config,
     parse_variants,

@@ -11,7 +11,7 @@ Reproduce (90 s on a 2-core CPU for the Fashion twin, 5 recovery repeats per met
         --workdir=runs/hopsupsup_fashion
 """
 
-from experiments.configs.base import apply_common_variants, base_config, parse_variants
+from .base import apply_common_variants, base_config, parse_variants
 
 # This config's own variants (``tiny`` and ``fashion`` apply to every config).
 VARIANTS = frozenset()

@@ -13,7 +13,7 @@ training FLOPs; 326 s on a 2-core AMD EPYC with AVX-512):
     python -m experiments.run --config=experiments/configs/main_fashion.py:fc --workdir=runs/fc
 """
 
-from experiments.configs.base import apply_common_variants, base_config, parse_variants
+from .base import apply_common_variants, base_config, parse_variants
 
 # This config's own variants (``tiny`` and ``fashion`` apply to every config).
 VARIANTS = frozenset({"fc"})

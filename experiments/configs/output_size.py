@@ -8,7 +8,7 @@ on 100 tasks, or ``output_size_fashion_fc`` on 25):
     python -m experiments.run --config=experiments/configs/output_size.py:s25,g --workdir=runs/s25g
 """
 
-from experiments.configs.base import apply_common_variants, base_config, parse_variants
+from .base import apply_common_variants, base_config, parse_variants
 
 SIZES = ("s25", "s100", "s200", "s500")
 

@@ -5,7 +5,7 @@ the paper's HopSupSup figure (SPEC 2.2). Reproduce:
     python -m experiments.run --config=experiments/configs/split_mnist.py --workdir=runs/split
 """
 
-from experiments.configs.base import apply_common_variants, base_config, parse_variants
+from .base import apply_common_variants, base_config, parse_variants
 
 # This config's own variants (``tiny`` and ``fashion`` apply to every config).
 VARIANTS = frozenset()
