@@ -5,6 +5,7 @@ Nothing here touches the network: tfds is only reached with download=False, thro
 missing.
 """
 
+import importlib.util
 import pathlib
 import pickle
 
@@ -274,3 +275,48 @@ def test_tfds_mock_imagenet_lazy(isolated):
 def test_load_dataset_records_its_source(fashion_mnist):
     assert fashion_mnist.source.startswith("idx files in ")
     assert pathlib.Path(fashion_mnist.source.removeprefix("idx files in ")).is_dir()
+
+
+def _tfrecord_prepared(data_dir):
+    """tfds metadata of MNIST prepared the default way (tfrecord), as tfds.load leaves it."""
+    b = tfds.builder("mnist", data_dir=str(data_dir), file_format="tfrecord")
+    version_dir = pathlib.Path(b.data_dir)
+    version_dir.mkdir(parents=True)
+    b.info.write_to_directory(version_dir)
+    return version_dir
+
+
+def test_tfrecord_prepared_data_without_tensorflow_says_how_to_convert(isolated, monkeypatch):
+    version_dir = _tfrecord_prepared(isolated / "tf")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda n, *a: None if n == "tensorflow" else real(n, *a))
+    with pytest.raises(DataNotFoundError) as e:
+        load_dataset("mnist", data_dir=str(isolated / "tf"), download=False)
+    text = str(e.value)
+    assert "prepared as tfrecord" in text and "pip install -e .[tfds]" in text
+    assert f"tfds convert_format --dataset_version_dir={version_dir} " in text
+    assert f"data_dir={isolated / 'tf'}_array_record" in text
+
+
+def test_tfrecord_prepared_data_reads_through_tfds_load_with_tensorflow(isolated, monkeypatch):
+    _tfrecord_prepared(isolated / "tf")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda n, *a: object() if n == "tensorflow" else real(n, *a))
+    rng = np.random.default_rng(0)
+    splits = {s: (rng.integers(0, 256, (n, 28, 28, 1), np.uint8), rng.integers(0, 10, n))
+              for s, n in (("train", 7), ("test", 5))}
+    calls = []
+
+    def load(name, *, split, data_dir, download, batch_size, as_supervised):
+        calls.append((name, split, data_dir, download, batch_size, as_supervised))
+        return splits[split]
+
+    monkeypatch.setattr(tfds, "load", load)
+    monkeypatch.setattr(tfds, "as_numpy", lambda x: x)
+    ds = load_dataset("mnist", data_dir=str(isolated / "tf"), download=False)
+    assert calls == [("mnist", s, str(isolated / "tf"), False, -1, True) for s in ("train", "test")]
+    np.testing.assert_array_equal(ds.train_images, splits["train"][0])
+    np.testing.assert_array_equal(ds.test_labels, splits["test"][1])
+    assert ds.train_labels.dtype == np.int32 and "tfrecord" in ds.source

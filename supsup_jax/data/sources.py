@@ -22,6 +22,7 @@ import pathlib
 import pickle
 import socket
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -191,6 +192,37 @@ def _tensorflow_available() -> bool:
     return importlib.util.find_spec("tensorflow") is not None
 
 
+# What tfds.data_source raises for data prepared the default way (tfrecord files).
+TFRECORD_ERROR = "Random access data source for file format"
+
+
+def _try_tfrecord(tfds: Any, name: str, data_dir: str, tried: list[str]) -> Dataset | None:
+    """Data prepared as tfrecord (``tfds.load``'s default): read whole through
+    ``tfds.load(..., batch_size=-1)`` when TensorFlow is present (not ImageNet, which would not
+    fit in memory); otherwise record the conversion command."""
+    versions = sorted(p for p in (pathlib.Path(data_dir) / name).glob("*/*") if p.is_dir()) or \
+        sorted(p for p in (pathlib.Path(data_dir) / name).glob("*") if p.is_dir())
+    version = versions[-1] if versions else pathlib.Path(data_dir) / name / "VERSION"
+    out = pathlib.Path(f"{os.fspath(data_dir).rstrip(os.sep)}_array_record")
+    convert = (f"tfds convert_format --dataset_version_dir={version} "
+               f"--out_file_format=array_record "
+               f"--out_dir={out / version.relative_to(data_dir)}, then data_dir={out}")
+    where = f"tfds.load({name!r}, data_dir={data_dir!r}) (tfrecord files)"
+    if name == "imagenet2012" or not _tensorflow_available():
+        why = ("ImageNet is read lazily, which needs random access" if name == "imagenet2012"
+               else "reading them needs TensorFlow (pip install -e .[tfds])")
+        tried.append(f"{where}: prepared as tfrecord, and {why}; convert them once: {convert}")
+        return None
+    arrays = {}
+    for split in _TFDS_SPLITS[name]:
+        images, labels = tfds.as_numpy(tfds.load(name, split=split, data_dir=data_dir,
+                                                 download=False, batch_size=-1,
+                                                 as_supervised=True))
+        arrays[split] = (np.asarray(images, np.uint8), np.asarray(labels, np.int32))
+    (train_x, train_y), (test_x, test_y) = (arrays[s] for s in _TFDS_SPLITS[name])
+    return Dataset(name, train_x, train_y, test_x, test_y, NUM_CLASSES[name], source=where)
+
+
 def _try_tfds(name: str, data_dir: str, tried: list[str]) -> Dataset | None:
     try:
         import tensorflow_datasets as tfds
@@ -222,6 +254,8 @@ def _try_tfds(name: str, data_dir: str, tried: list[str]) -> Dataset | None:
         if not (pathlib.Path(data_dir) / name).exists():
             # tfds then reports a confusing file-format error; say what is actually missing.
             tried.append(f"{where}: not prepared there ({pathlib.Path(data_dir) / name} missing)")
+        elif TFRECORD_ERROR in str(e):
+            return _try_tfrecord(tfds, name, data_dir, tried)
         else:
             tried.append(f"{where}: {_one_line(e)}")
         return None
