@@ -314,3 +314,57 @@ def test_log_lines_are_plain_when_not_a_terminal(tmp_path, fashion_mnist):
     assert r.returncode == 0, r.stderr
     assert "\r" not in r.stderr and "\x1b[" not in r.stderr and "it/s" not in r.stderr
     assert "task 0: step 10/20, loss" in r.stderr and "task 1: " in r.stderr
+
+
+USER_DATA = '''
+import numpy as np
+from supsup_jax.data import Dataset, PermutedStream
+
+
+def quadrants(config):
+    """4 classes: which 14x14 quadrant of a noisy image is bright."""
+    rng = np.random.default_rng(0)
+
+    def split(n):
+        y = rng.integers(0, 4, n).astype(np.int32)
+        x = rng.integers(0, 60, (n, 28, 28, 1)).astype(np.uint8)
+        for i, c in enumerate(y):
+            r, q = divmod(int(c), 2)
+            x[i, 14 * r:14 * r + 14, 14 * q:14 * q + 14] += 150
+        return x, y
+
+    (a, b), (c, d) = split(1500), split(300)
+    return Dataset("quadrants", a, b, c, d, 4)
+
+
+def permuted_quadrants(config):
+    return PermutedStream(quadrants(config), config.num_tasks, seed=config.seed)
+
+
+def not_a_dataset(config):
+    return {"images": None}
+'''
+
+
+def test_the_runner_takes_a_users_dataset_or_stream(tmp_path, monkeypatch):
+    from supsup_jax.errors import ConfigError
+
+    (tmp_path / "userdata.py").write_text(USER_DATA)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for field, spec in (("data_factory", "userdata:quadrants"),
+                        ("stream_factory", "userdata:permuted_quadrants")):
+        c = _config("gnu_permuted", "tiny")
+        c.normalization, c.num_tasks, c.eval_at = "dataset", 2, (2,)
+        setattr(c, field, spec)
+        res = train_and_evaluate(c, tmp_path / field)
+        assert res["provenance"]["dataset"] == "quadrants" and res["classes_per_task"] == 4
+        assert min(res["accuracy_matrix"][1]) > 0.5  # chance 0.25
+        if field == "data_factory":
+            assert res["provenance"]["data_source"] == "data_factory userdata:quadrants"
+    c = _config("gnu_permuted", "tiny")
+    for spec, phrase in (("userdata", "'module:function'"), ("nosuch:f", "cannot import"),
+                         ("userdata:nosuch", "cannot import"),
+                         ("userdata:not_a_dataset", "not a supsup_jax.data.Dataset")):
+        c.data_factory = spec
+        with pytest.raises(ConfigError, match=phrase):
+            train_and_evaluate(c, tmp_path / "bad")

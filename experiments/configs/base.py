@@ -25,6 +25,11 @@ def base_config() -> ml_collections.ConfigDict:
     # Data.
     c.dataset = "mnist"
     c.data_dir = placeholder(str)
+    # Your own data: "module:function", function(config) -> supsup_jax.data.Dataset (then
+    # `stream` applies to it), or for a whole stream function(config) -> an object with
+    # task(t) -> TaskData, num_tasks, mean, std, augment and dataset (README "Your own data").
+    c.data_factory = placeholder(str)
+    c.stream_factory = placeholder(str)
     c.stream = "permuted"
     c.num_tasks = 250
     c.classes_per_task = 2

@@ -5,6 +5,8 @@ Every field read here is declared, with its default, in ``experiments/configs/ba
 
 from __future__ import annotations
 
+import importlib
+
 import jax
 import numpy as np
 
@@ -12,6 +14,7 @@ from supsup_jax import baselines, masking, models
 from supsup_jax import train as train_lib
 from supsup_jax.data import (
     DATASET_STATS,
+    Dataset,
     LazySubset,
     PermutedStream,
     RotatedStream,
@@ -41,9 +44,38 @@ SCENARIOS = ("GG", "GNu", "GNs", "NNs")
 _NUM_OUTPUTS_MODELS = ("fc1024", "lenet300_100", "bnnet")
 
 
+def factory(config, field: str):
+    """The function a ``"module:function"`` config field names."""
+    module, _, name = config[field].partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"config field {field}={config[field]!r}: cannot import it ({e})"
+                          ) from None
+
+
 def make_stream(config):
-    """The task stream: MNIST-family streams take whole images, the rest tfds-backed sources."""
-    ds = load_dataset(config.dataset, config.data_dir)
+    """The task stream: MNIST-family streams take whole images, the rest tfds-backed sources;
+    ``config.data_factory`` / ``stream_factory`` give the user's own (README)."""
+    if config.stream_factory is not None:
+        stream = factory(config, "stream_factory")(config)
+        missing = [a for a in ("task", "num_tasks", "mean", "std", "augment", "dataset")
+                   if not hasattr(stream, a)]
+        if missing:
+            raise ConfigError(f"stream_factory {config.stream_factory!r} returned a "
+                              f"{type(stream).__name__} without {missing}")
+        if stream.num_tasks != config.num_tasks:
+            raise ConfigError(f"the stream of {config.stream_factory!r} has {stream.num_tasks} "
+                              f"tasks, the config asks for {config.num_tasks}")
+        return stream
+    if config.data_factory is not None:
+        ds = factory(config, "data_factory")(config)
+        if not isinstance(ds, Dataset):
+            raise ConfigError(f"data_factory {config.data_factory!r} returned a "
+                              f"{type(ds).__name__}, not a supsup_jax.data.Dataset")
+        ds = ds if ds.source else ds._replace(source=f"data_factory {config.data_factory}")
+    else:
+        ds = load_dataset(config.dataset, config.data_dir)
     ntr, nte = config.max_train_examples, config.max_test_examples
     if ntr > 0 or nte > 0:
         # Lazy images stay lazy (a LazySubset), as in the full-size run.

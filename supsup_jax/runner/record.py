@@ -38,7 +38,8 @@ RUNTIME_KEYS = ("quiet", "data_dir", "tensorboard")
 ADDED_FIELDS = {"method": "supsup", "rand_w": False, "weight_lr": None,
                 "psp_context": "orthogonal", "interpolation": "bilinear",
                 "inference.shortlist": 16, "inference.rerank": "s", "inference.layers": [],
-                "nns.boundaries": "aligned", "nns.offset": 50, "nns.visits": 2}
+                "nns.boundaries": "aligned", "nns.offset": 50, "nns.visits": 2,
+                "data_factory": None, "stream_factory": None}
 
 
 def config_dict(config) -> dict[str, Any]:

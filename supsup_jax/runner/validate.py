@@ -68,7 +68,15 @@ def check_config(config) -> None:
     """Raise :class:`ConfigError` for the first field whose value no run can use."""
     _int(config, "seed", 0)
     _choice(config, "method", (*baselines.METHODS, "hopsupsup"))
-    _choice(config, "dataset", DATASET_NAMES)
+    for f in ("data_factory", "stream_factory"):
+        spec = config[f]
+        if spec is not None and (not isinstance(spec, str) or spec.count(":") != 1
+                                 or not all(spec.split(":"))):
+            _fail(f, spec, "'module:function' (an importable factory), or None")
+    if config.data_factory is not None and config.stream_factory is not None:
+        _fail("data_factory", config.data_factory, "None when stream_factory is given")
+    if config.data_factory is None and config.stream_factory is None:
+        _choice(config, "dataset", DATASET_NAMES)
     if config.data_dir is not None and not os.path.isdir(os.path.expanduser(config.data_dir)):
         _fail("data_dir", config.data_dir, "an existing directory (or None)")
     _choice(config, "stream", STREAMS)
