@@ -416,7 +416,8 @@ def test_compare_draws_every_method(tmp_path, fashion_mnist):
     runs = compare.run_figure("rotated_fashion", tmp_path, tiny=True, quiet=True,
                               extra={"steps": 5, "max_eval_examples": 128,
                                      "tensorboard": False})
-    assert set(runs) == {"supsup_gnu_h", "supsup_gnu_g", "batche_gg", "psp_gg"}
+    assert set(runs) == {"supsup_gnu_h", "supsup_gnu_g", "supsup_gnu_shortlist", "batche_gg",
+                         "psp_gg"}
     assert os.path.getsize(tmp_path / "comparison.png") > 0
     text = (tmp_path / "comparison.md").read_text()
     names = compare.display_labels(runs)
