@@ -10,6 +10,7 @@ drawn by a :class:`~supsup_jax.data.BatchIterator` (no host syncs inside a chunk
 
 from __future__ import annotations
 
+import concurrent.futures
 from collections.abc import Callable
 from typing import Any
 
@@ -93,31 +94,44 @@ class StepLoop:
         iterator = BatchIterator(len(labels), batch_size, key)
         # The chunks donate the carry: train a copy, so the caller's state stays usable.
         carry = jax.tree.map(jnp.copy, carry)
-        in_memory = isinstance(images, np.ndarray | jax.Array)
-        if in_memory:
-            images_dev, labels_dev = jnp.asarray(images), jnp.asarray(labels, jnp.int32)
-        step, end = start_step, start_step + num_steps
         pending = None  # the last chunk's health flag, read after the next chunk is queued
-        while step < end:
-            count = min(self.chunk_size, end - step)
-            idx = iterator.index_chunk(step, count)
-            if in_memory:
-                x, y = self._gather(images_dev, labels_dev, jnp.asarray(idx))
-            else:
-                flat = idx.reshape(-1)
-                x = np.asarray(images[flat]).reshape(count, batch_size, *images.shape[1:])
-                y = np.asarray(labels)[flat].reshape(count, batch_size).astype(np.int32)
+        for step, count, x, y in self._batches(images, labels, iterator, batch_size, start_step,
+                                               start_step + num_steps):
             carry, metrics = self.run_chunk(args, carry, x, y, key, step)
             healthy = healthy_fn(carry, metrics)
             if pending is not None:
                 _raise_unless(*pending)
             pending = (healthy, step, step + count)
-            step += count
             if on_chunk is not None:
-                on_chunk(step, metrics)
+                on_chunk(step + count, metrics)
         if pending is not None:
             _raise_unless(*pending)
         return carry
+
+    def _batches(self, images, labels, iterator, batch_size: int, start: int, end: int):
+        """``(step, count, images [count, B, ...], labels [count, B])`` per chunk. In-memory
+        data is gathered on device; a lazy source's next chunk is read (and decoded) in a
+        background thread while the device trains on this one, the same batches either way."""
+        chunks = [(s, min(self.chunk_size, end - s)) for s in range(start, end, self.chunk_size)]
+        if isinstance(images, np.ndarray | jax.Array):
+            images_dev, labels_dev = jnp.asarray(images), jnp.asarray(labels, jnp.int32)
+            for s, c in chunks:
+                yield s, c, *self._gather(images_dev, labels_dev,
+                                          jnp.asarray(iterator.index_chunk(s, c)))
+            return
+
+        def fetch(s: int, c: int):
+            flat = iterator.index_chunk(s, c).reshape(-1)
+            return (np.asarray(images[flat]).reshape(c, batch_size, *images.shape[1:]),
+                    np.asarray(labels)[flat].reshape(c, batch_size).astype(np.int32))
+
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            ahead = pool.submit(fetch, *chunks[0]) if chunks else None
+            for k, (s, c) in enumerate(chunks):
+                x, y = ahead.result()
+                if k + 1 < len(chunks):
+                    ahead = pool.submit(fetch, *chunks[k + 1])
+                yield s, c, x, y
 
 
 def _check_int(name: str, value, lo: int, hi: int | None = None) -> None:

@@ -320,3 +320,15 @@ def test_tfrecord_prepared_data_reads_through_tfds_load_with_tensorflow(isolated
     np.testing.assert_array_equal(ds.train_images, splits["train"][0])
     np.testing.assert_array_equal(ds.test_labels, splits["test"][1])
     assert ds.train_labels.dtype == np.int32 and "tfrecord" in ds.source
+
+
+def test_tfds_images_decode_in_threads_as_in_one(isolated):
+    with _mock(40):
+        ds = load_dataset("imagenet2012", download=False)
+        idx = np.array([3, 0, 39, 7, 7, 12, 25, 1, 30])
+        one = TfdsImages(ds.train_images.source, 224, 224, workers=1)[idx]
+        many = TfdsImages(ds.train_images.source, 224, 224, workers=3)[idx]
+    np.testing.assert_array_equal(one, many)
+    assert ds.train_images.workers >= 1
+    with pytest.raises(ValueError, match="workers must be an integer >= 1"):
+        TfdsImages(ds.train_images.source, workers=0)

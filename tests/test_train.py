@@ -66,6 +66,36 @@ def test_resuming_mid_task_equals_uninterrupted(small_permuted):
     chex.assert_trees_all_close(rest.scores, full.scores, rtol=1e-4, atol=2e-5)
 
 
+class _Lazy:
+    """A lazy image source over an array that records which thread reads each batch."""
+
+    def __init__(self, images):
+        self.images, self.shape, self.dtype, self.readers = images, images.shape, images.dtype, []
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, idx):
+        import threading
+
+        self.readers.append(threading.current_thread().name)
+        return self.images[np.asarray(idx)]
+
+
+def test_a_lazy_source_is_prefetched_and_trains_exactly_like_memory(small_permuted):
+    trainer = _mlp_trainer()
+    task = small_permuted.task(0)
+    key = jax.random.key(3)
+    lazy = _Lazy(task.train_images)
+    # 45 steps in chunks of 20: chunks of 20, 20, 5, each read once in the background thread.
+    a = trainer.train_task(trainer.init_task(jax.random.key(1)), task.train_images,
+                           task.train_labels, key, 45, 64)
+    b = trainer.train_task(trainer.init_task(jax.random.key(1)), lazy, task.train_labels,
+                           key, 45, 64)
+    chex.assert_trees_all_equal(a.scores, b.scores)
+    assert len(lazy.readers) == 3 and "MainThread" not in lazy.readers
+
+
 def test_gg_tasks_learn_no_recompile_and_vmap_equals_loop(small_permuted):
     trainer = _mlp_trainer()
     params_before = jax.tree.map(np.asarray, trainer.network.params)

@@ -3,6 +3,8 @@ whole columns into numpy arrays, or ImageNet's images lazily (:class:`TfdsImages
 
 from __future__ import annotations
 
+import concurrent.futures
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -84,11 +86,13 @@ class TfdsImages:
     (for a 4:3 image, one eighth at each end), and small boxes are upsampled from the 224-pixel
     view rather than from the original resolution.
 
-    Decoding is per image in Python; run the fetch in a background thread to overlap it with the
-    device step.
+    A batch is read and decoded by ``workers`` threads, each on a contiguous part of it (JPEG
+    decoding and resizing release the GIL); the training loop also reads the next chunk while
+    the device trains (:class:`supsup_jax.loop.StepLoop`). Throughput: benchmarks/README.md.
     """
 
-    def __init__(self, source: Any, size: int = 224, resize_to: int = 256):
+    def __init__(self, source: Any, size: int = 224, resize_to: int = 256,
+                 workers: int | None = None):
         """Wraps ``source``.
 
         Args:
@@ -96,13 +100,19 @@ class TfdsImages:
             ``image`` uint8 ``(H, W, 3)``.
           size: side of the square center crop.
           resize_to: the shorter side is resized to this before cropping; must be >= size.
+          workers: decoding threads (default: the CPU count, at most 16).
         """
         if resize_to < size:
             raise ValueError(f"resize_to={resize_to} must be >= size={size}")
+        workers = min(os.cpu_count() or 1, 16) if workers is None else workers
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
         self.source = source
         self.size = size
         self.resize_to = resize_to
+        self.workers = workers
         self._getter: Callable[[list[int]], list[Any]] | None = None
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -135,14 +145,26 @@ class TfdsImages:
             raise IndexError(f"index out of range for {n} images")
         if self._getter is None:
             self._getter = _get_many(self.source)
-        examples = self._getter([int(k) % n for k in keys]) if keys.size else []
         out = np.empty((len(keys), self.size, self.size, 3), np.uint8)
-        for i, ex in enumerate(examples):
-            out[i] = resize_center_crop(np.asarray(ex["image"]), self.size, self.resize_to)
+        parts = np.array_split(np.arange(len(keys)), min(self.workers, max(len(keys), 1)))
+
+        def decode(rows: np.ndarray) -> None:
+            examples = self._getter([int(k) % n for k in keys[rows]]) if rows.size else []
+            for i, ex in zip(rows, examples, strict=True):
+                out[i] = resize_center_crop(np.asarray(ex["image"]), self.size, self.resize_to)
+
+        if len(parts) == 1:
+            decode(parts[0])
+        else:
+            if self._pool is None:
+                self._pool = concurrent.futures.ThreadPoolExecutor(self.workers)
+            for f in [self._pool.submit(decode, rows) for rows in parts]:
+                f.result()
         return out
 
     def __repr__(self) -> str:
-        return f"TfdsImages({self.source!r}, size={self.size}, resize_to={self.resize_to})"
+        return (f"TfdsImages({self.source!r}, size={self.size}, resize_to={self.resize_to}, "
+                f"workers={self.workers})")
 
 
 def read_labels(tfds: Any, name: str, split: str, data_dir: str, decoded: Any) -> np.ndarray:
