@@ -8,8 +8,8 @@ writes ``WORKDIR/comparison.png`` (mean accuracy over the learned tasks against 
 one curve per method; GNu curves use the accuracy with the task inferred) and
 ``WORKDIR/comparison.md`` (a markdown table) and ``WORKDIR/comparison.json`` (curves and
 summary metrics, without the matrices). ``--only=a,b`` runs a subset; ``--tiny`` adds the
-``tiny`` variant to every config (a smoke test); ``--set FIELD=VALUE`` overrides a config field
-of every method (e.g. ``--set num_tasks=5``); ``--seeds=N`` runs every method with seeds
+``tiny`` variant to every config (a smoke test); ``--config.FIELD=VALUE`` overrides a config
+field of every method (e.g. ``--config.num_tasks=5``); ``--seeds=N`` runs every method with seeds
 ``0..N-1`` (into ``WORKDIR/<method>/seed<k>``) and reports mean ± standard deviation (table) and
 shaded bands (figure):
 
@@ -144,7 +144,9 @@ _FIGURE = flags.DEFINE_enum("figure", None, sorted(FIGURES), "which figure to pr
 _WORKDIR = flags.DEFINE_string("workdir", None, "directory for the runs and the figure")
 _ONLY = flags.DEFINE_list("only", None, "run only these methods (labels of the figure)")
 _TINY = flags.DEFINE_bool("tiny", False, "add the tiny variant to every config")
-_SET = flags.DEFINE_multi_string("set", [], "FIELD=VALUE override for every method's config")
+# --config.FIELD=VALUE (the runner's style) overrides a field of every method's config; absl
+# does not know these flags, so main's flags parser takes them out first.
+_OVERRIDES: list[str] = []
 _REPLOT = flags.DEFINE_bool("replot", False, "run nothing: redraw the figure and the table "
                             "from the finished runs in WORKDIR")
 _YLIM = flags.DEFINE_string("ylim", "0,1", "the figure's y range LOW,HIGH, or 'auto'")
@@ -159,25 +161,39 @@ def method_config(module: str, variants: str, overrides: dict, tiny: bool = Fals
     """The config of one curve: ``module.get_config(variants)`` with field overrides."""
     c = importlib.import_module(module).get_config(variants + (",tiny" if tiny else ""))
     for field, value in {**overrides, **(extra or {})}.items():
-        if field not in c:
+        parent, _, name = field.rpartition(".")
+        holder = c[parent] if parent and parent in c else (c if not parent else None)
+        if holder is None or name not in holder:
             raise ValueError(f"{module} has no config field {field!r}")
         if tiny and field in ("num_tasks", "eval_at"):
             continue  # the tiny variant's own sizes win
-        setattr(c, field, value)
+        setattr(holder, name, value)
     return c
 
 
-def _parse_set(items: list[str]) -> dict:
+def check_overrides(figure: str, tiny: bool, extra: dict | None) -> None:
+    """Raise ValueError unless every method of ``figure`` has the fields ``extra`` sets."""
+    for _, module, variants, overrides in FIGURES[figure]:
+        method_config(module, variants, overrides, tiny, extra)
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``--config.FIELD=VALUE`` arguments as ``{FIELD: value}`` (Python literals parsed)."""
     out = {}
     for item in items:
-        field, sep, text = item.partition("=")
-        if not sep:
-            raise app.UsageError(f"--set expects FIELD=VALUE, got {item!r}")
+        field, sep, text = item.removeprefix("--config.").partition("=")
+        if not item.startswith("--config.") or not sep or not field:
+            raise app.UsageError(f"expected --config.FIELD=VALUE, got {item!r}")
         try:
             out[field] = ast.literal_eval(text)
         except (ValueError, SyntaxError):
             out[field] = text
     return out
+
+
+def _flags_parser(argv: list[str]) -> list[str]:
+    _OVERRIDES.extend(a for a in argv[1:] if a.startswith("--config."))
+    return flags.FLAGS([a for a in argv if not a.startswith("--config.")])
 
 
 def curve(res) -> tuple[list[int], list[float]]:
@@ -302,6 +318,7 @@ def run_figure(figure: str, workdir, *, only=None, tiny: bool = False,
     if unknown:
         raise ValueError(f"figure {figure} has no methods {sorted(unknown)}; it has {labels}")
     workdir = pathlib.Path(workdir)
+    check_overrides(figure, tiny, extra)  # before any run
     runs = {}
     dirs = lambda label: ([workdir / label] if seeds == 1  # noqa: E731
                           else [workdir / label / f"seed{k}" for k in range(seeds)])
@@ -358,9 +375,13 @@ def main(argv):
     if ylim is not None and (len(ylim) != 2 or not ylim[0] < ylim[1]):
         raise app.UsageError(f"--ylim expects LOW,HIGH with LOW < HIGH, or auto; got "
                              f"{_YLIM.value!r}")
-    run_figure(_FIGURE.value, _WORKDIR.value, only=_ONLY.value, tiny=_TINY.value,
-               extra=_parse_set(_SET.value), seeds=_SEEDS.value, ylim=ylim,
-               replot=_REPLOT.value)
+    extra = parse_overrides(_OVERRIDES)
+    try:
+        check_overrides(_FIGURE.value, _TINY.value, extra)
+    except (ValueError, TypeError) as e:  # a field the configs do not have, a bad value
+        raise app.UsageError(str(e)) from None
+    run_figure(_FIGURE.value, _WORKDIR.value, only=_ONLY.value, tiny=_TINY.value, extra=extra,
+               seeds=_SEEDS.value, ylim=ylim, replot=_REPLOT.value)
     path = os.path.join(_WORKDIR.value, "comparison.md")
     with open(path, encoding="utf-8") as f:
         print(f.read())
@@ -368,4 +389,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_flags_parser)

@@ -1,29 +1,32 @@
 """GG, GNu and GNs on PermutedFashionMNIST (or PermutedMNIST, or a rotated stream), with every
 inference method.
 
-Trains ``--num_tasks`` masks with the paper's protocol (FC 1024-1024, output 500, threshold
-masks, RMSprop 1e-4, 1000 steps of batch 128 per task), stores them in a bit-packed bank
-(``--bank``: saved, or loaded instead of training), then evaluates each task's test set
+Trains ``--config.num_tasks`` masks with the paper's protocol (FC 1024-1024, output 500,
+threshold masks, RMSprop 1e-4, 1000 steps of batch 128 per task), stores them in a bit-packed
+bank (``--config.bank``: saved, or loaded instead of training), then evaluates each task's test set
 (shuffled, batches of 128) with the task given (GG) and inferred (GNu): One-Shot, Binary, the
 shortlist rule and gradient descent on alpha with H and with G, deciding from one image (m=1)
-or the full batch (m=128), and Exhaustive. ``--diagnose`` writes per-image gradient statistics
-(``experiments/inference_diagnosis.py``).
+or the full batch (m=128), and Exhaustive. ``--config.diagnose`` writes per-image gradient
+statistics (``experiments/inference_diagnosis.py``). Options are ``--config.NAME=VALUE``, as for
+the runner; ``--help`` lists them.
 
 The default run (10 tasks, One-Shot H and G with m=1 and G with m=128) takes about 4 minutes on
 a 2-core CPU; every evaluation of the task-inference gate (about 10 minutes):
 
-    python -m experiments.gnu_permuted --num_tasks 10 --steps 1000 --evals all --output gnu10.json
-    python -m experiments.gnu_permuted --stream rotated --num_outputs 200 --num_tasks 36 \
-        --bank rot36.npz --evals gnu_shortlist_h_m128 --diagnose rot36_diagnosis.json
+    python -m experiments.gnu_permuted --config.num_tasks=10 --config.evals=all \
+        --config.output=gnu10.json
+    python -m experiments.gnu_permuted --config.stream=rotated --config.num_outputs=200 \
+        --config.num_tasks=36 --config.bank=rot36.npz --config.evals=gnu_shortlist_h_m128 \
+        --config.diagnose=rot36_diagnosis.json
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import time
+import types
 
 import jax
 import numpy as np
@@ -57,50 +60,78 @@ EVALS = [
 ]
 
 
+# --config.NAME=VALUE options: name -> (default, type, allowed values or None, help).
+OPTIONS = {
+    "dataset": ("fashion_mnist", str, ("fashion_mnist", "mnist"), "the data"),
+    "data_dir": (None, str, None, "a directory holding it (default: the usual places)"),
+    "stream": ("permuted", str, ("permuted", "rotated"),
+               "permuted pixels, or rotations by 10 degrees per task (paper Fig. 5)"),
+    "interpolation": ("bilinear", str, ("bilinear", "nearest"),
+                      "rotation interpolation (rotated stream only)"),
+    "bank": (None, str, None, "an .npz mask bank: loaded if it exists (no training), else "
+             "written after training, so several evaluations share the same masks"),
+    "model": ("fc1024", str, ("fc1024", "lenet300_100"), "the network"),
+    "num_outputs": (500, int, None, "output width (real classes plus superfluous neurons)"),
+    "num_tasks": (10, int, None, "tasks learned"),
+    "steps": (1000, int, None, "optimiser steps per task"),
+    "batch_size": (128, int, None, "training batch size"),
+    "lr": (1e-4, float, None, "RMSprop learning rate"),
+    "seed": (0, int, None, "stream, weights and keys"),
+    "normalization": ("mnist", str, ("mnist", "dataset"),
+                      "input statistics: MNIST's (0.1307, 0.3081), as the official pipeline "
+                      "uses for every PermutedMNIST-style run, or the dataset's own"),
+    "evals": ("gnu_oneshot_h_m1,gnu_oneshot_g_m1,gnu_oneshot_g_m128", str, None,
+              "'all' or a comma-separated subset of: " + ", ".join(e[0] for e in EVALS)),
+    "shortlist": (16, int, None, "tasks the shortlist rule re-ranks"),
+    "rerank": ("s", str, ("h", "s"),
+               "the objective the shortlist rule re-ranks by under each mask alone"),
+    "layers": ("", str, None, "comma-separated masked-layer paths whose alpha-gradient terms "
+               "rank the tasks, e.g. layers/0/kernel (default: all layers)"),
+    "eval_images": (None, int, None, "evaluate on each task's first N test images (all)"),
+    "output": (None, str, None, "write the results as JSON here"),
+    "diagnose": (None, str, None, "write per-image gradient and entropy statistics as JSON "
+                 "here (experiments/inference_diagnosis.py)"),
+    "diagnose_images": (512, int, None, "test images per task for diagnose"),
+}
+
+
+def _usage_error(message: str):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def parse_args(argv) -> types.SimpleNamespace:
+    """``--config.NAME=VALUE`` arguments (the runner's style) over :data:`OPTIONS`' defaults;
+    ``--help`` lists them."""
+    values = {name: option[0] for name, option in OPTIONS.items()}
+    for arg in argv:
+        if arg in ("-h", "--help"):
+            print(__doc__.split("\n\n")[0] + "\n\noptions (--config.NAME=VALUE):")
+            for name, (default, _, allowed, text) in OPTIONS.items():
+                print(f"  {name} = {default!r}{f' {allowed}' if allowed else ''}: {text}")
+            sys.exit(0)
+        name, sep, text = arg.removeprefix("--config.").partition("=")
+        if not arg.startswith("--config.") or not sep:
+            _usage_error(f"expected --config.NAME=VALUE, got {arg!r}")
+        if name not in OPTIONS:
+            _usage_error(f"no option {name!r}; the options are {sorted(OPTIONS)}")
+        _, kind, allowed, _ = OPTIONS[name]
+        try:
+            value = kind(text)
+        except ValueError:
+            _usage_error(f"--config.{name}={text!r}: not a {kind.__name__}")
+        if allowed and value not in allowed:
+            _usage_error(f"--config.{name}={text!r}: choose one of {allowed}")
+        values[name] = value
+    return types.SimpleNamespace(**values)
+
+
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", default="fashion_mnist", choices=["fashion_mnist", "mnist"])
-    p.add_argument("--data_dir", default=None)
-    p.add_argument("--stream", default="permuted", choices=["permuted", "rotated"],
-                   help="permuted pixels, or rotations by 10 degrees per task (paper Fig. 5)")
-    p.add_argument("--interpolation", default="bilinear", choices=["bilinear", "nearest"],
-                   help="rotation interpolation (rotated stream only)")
-    p.add_argument("--bank", default=None,
-                   help="an .npz mask bank: loaded if it exists (no training), else written "
-                        "after training, so several evaluations share the same masks")
-    p.add_argument("--model", default="fc1024", choices=["fc1024", "lenet300_100"])
-    p.add_argument("--num_outputs", type=int, default=500)
-    p.add_argument("--num_tasks", type=int, default=10)
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--batch_size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--normalization", default="mnist", choices=["mnist", "dataset"],
-                   help="input statistics: MNIST's (0.1307, 0.3081) as the official pipeline "
-                        "uses for every PermutedMNIST-style run, or the dataset's own")
-    p.add_argument("--evals", default="gnu_oneshot_h_m1,gnu_oneshot_g_m1,gnu_oneshot_g_m128",
-                   help="'all' or a comma-separated subset of: "
-                        + ", ".join(e[0] for e in EVALS))
-    p.add_argument("--shortlist", type=int, default=16,
-                   help="tasks the shortlist rule re-ranks")
-    p.add_argument("--rerank", default="s", choices=["h", "s"],
-                   help="the objective the shortlist rule re-ranks by under each mask alone")
-    p.add_argument("--layers", default="",
-                   help="comma-separated masked-layer paths whose alpha-gradient terms rank "
-                        "the tasks, e.g. layers/0/kernel (default: all layers)")
-    p.add_argument("--eval_images", type=int, default=None,
-                   help="evaluate inference on each task's first N test images (default all)")
-    p.add_argument("--output", default=None, help="write the results as JSON here")
-    p.add_argument("--diagnose", default=None,
-                   help="write per-image gradient and entropy statistics as JSON here "
-                        "(experiments/inference_diagnosis.py)")
-    p.add_argument("--diagnose_images", type=int, default=512,
-                   help="test images per task for --diagnose")
-    args = p.parse_args(argv)
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     names = [e[0] for e in EVALS] if args.evals == "all" else args.evals.split(",")
     unknown = sorted(set(names) - {e[0] for e in EVALS})
     if unknown:
-        p.error(f"unknown evaluations {unknown}")
+        _usage_error(f"unknown evaluations {unknown}")
     evals = [e for e in EVALS if e[0] in names]
     layers = tuple(args.layers.split(",")) if args.layers else None
 
@@ -116,8 +147,8 @@ def main(argv=None) -> dict:
     if args.bank and os.path.exists(args.bank):
         bank = bank_lib.load_bank(args.bank, weights=trainer.weights)
         if int(bank.num_tasks) != args.num_tasks:
-            p.error(f"{args.bank} holds {int(bank.num_tasks)} tasks, not --num_tasks "
-                    f"{args.num_tasks}")
+            _usage_error(f"{args.bank} holds {int(bank.num_tasks)} tasks, not "
+                         f"--config.num_tasks={args.num_tasks}")
         gg = [float(trainer.evaluate(bank.task_masks(t), {}, stream.task(t).test_images,
                                      stream.task(t).test_labels))
               for t in range(args.num_tasks)]

@@ -14,7 +14,7 @@ on its own (``[k]``). From these it derives, with no further passes:
 * One-Shot with each task's gradient standardised by its mean and standard deviation over the
   other tasks' images: how far any calibration of the gradient by per-task statistics could go.
 
-Called by ``experiments/gnu_permuted.py --diagnose FILE``.
+Called by ``experiments/gnu_permuted.py --config.diagnose=FILE``.
 """
 
 from __future__ import annotations
