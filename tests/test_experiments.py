@@ -368,3 +368,30 @@ def test_the_runner_takes_a_users_dataset_or_stream(tmp_path, monkeypatch):
         c.data_factory = spec
         with pytest.raises(ConfigError, match=phrase):
             train_and_evaluate(c, tmp_path / "bad")
+
+
+def test_every_entry_point_takes_config_fields(capsys):
+    from experiments import compare, gnu_permuted
+
+    args = gnu_permuted.parse_args(["--config.num_tasks=3", "--config.stream=rotated",
+                                    "--config.lr=0.5", "--config.layers=layers/0/kernel"])
+    assert (args.num_tasks, args.stream, args.lr, args.layers) == (
+        3, "rotated", 0.5, "layers/0/kernel")
+    assert args.batch_size == 128  # defaults kept
+    for bad, phrase in ((["--num_tasks", "3"], "expected --config.NAME=VALUE"),
+                        (["--config.nope=1"], "no option 'nope'"),
+                        (["--config.num_tasks=x"], "not a int"),
+                        (["--config.stream=spiral"], "choose one of")):
+        with pytest.raises(SystemExit) as e:
+            gnu_permuted.parse_args(bad)
+        assert e.value.code == 2 and phrase in capsys.readouterr().err
+    extra = compare.parse_overrides(["--config.num_tasks=5", "--config.eval_at=(1, 5)",
+                                     "--config.inference.m=128", "--config.interpolation=nearest"])
+    assert extra == {"num_tasks": 5, "eval_at": (1, 5), "inference.m": 128,
+                     "interpolation": "nearest"}
+    c = compare.method_config("experiments.configs.compare_permuted", "supsup,rotated", {},
+                              extra=extra)
+    assert (c.num_tasks, c.eval_at, c.inference.m, c.interpolation) == (5, (1, 5), 128,
+                                                                        "nearest")
+    with pytest.raises(ValueError, match="no config field 'inference.nope'"):
+        compare.check_overrides("rotated_fashion", False, {"inference.nope": 1})
