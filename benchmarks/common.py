@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
+import time
 
 import jax
 
@@ -32,6 +34,17 @@ def cpu_description() -> dict:
                                                                        "neon", "asimd", "sve"))),
             "kernel_variants_supported": list(kernels.supported_variants()),
             "bank_products": kernels.kernel_status()}
+
+
+def median_seconds(fn, repeats: int) -> float:
+    """Median wall time of ``repeats`` calls of ``fn`` after one untimed call (compilation)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return float(statistics.median(times))
 
 
 def write_result(path: str, result: dict) -> None:

@@ -14,26 +14,19 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 import jax
 import numpy as np
-from common import cpu_description, write_result  # benchmarks/ is on the path as a script
+from common import (  # benchmarks/ is on the path as a script
+    cpu_description,
+    median_seconds,
+    write_result,
+)
 
 from supsup_jax import bank as bank_lib
 from supsup_jax import masking, models
 from supsup_jax import train as train_lib
 from supsup_jax.runner.learners import bank_gg
-
-
-def _median_seconds(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
 
 
 def _time_paths(trainer, bank, images, labels, repeats):
@@ -52,10 +45,10 @@ def _time_paths(trainer, bank, images, labels, repeats):
         return run
 
     reference = loop()
-    times = {"python_loop_s": _median_seconds(loop, repeats)}
+    times = {"python_loop_s": median_seconds(loop, repeats)}
     for name, in_sequence in (("bank_lax_map_s", True), ("bank_vmap_s", False)):
         np.testing.assert_allclose(over_bank(in_sequence)(), reference, atol=1e-6)  # same row
-        times[name] = round(_median_seconds(over_bank(in_sequence), repeats), 4)
+        times[name] = round(median_seconds(over_bank(in_sequence), repeats), 4)
     times["python_loop_s"] = round(times["python_loop_s"], 4)
     return times
 

@@ -21,7 +21,11 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from common import cpu_description, write_result  # benchmarks/ is on the path as a script
+from common import (  # benchmarks/ is on the path as a script
+    cpu_description,
+    median_seconds,
+    write_result,
+)
 
 from supsup_jax.data import TfdsImages
 from supsup_jax.loop import StepLoop
@@ -52,16 +56,6 @@ class JpegSource:
         return {"image": np.asarray(Image.open(io.BytesIO(self.jpegs[k])).convert("RGB"))}
 
 
-def _median(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
-
-
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--images", type=int, default=256, help="JPEGs in the source")
@@ -81,7 +75,7 @@ def main(argv=None):
     workers = sorted({1, min(os.cpu_count() or 1, 16)})
     for w in workers:
         images = TfdsImages(source, 224, 256, workers=w)
-        s = _median(lambda images=images: images[idx], args.repeats)
+        s = median_seconds(lambda images=images: images[idx], args.repeats)
         row = {"workers": w, "seconds_per_batch": round(s, 4),
                "images_per_second": round(args.batch / s, 1)}
         out["decode"].append(row)
@@ -101,7 +95,7 @@ def main(argv=None):
     steps = 8
     run = lambda: loop.run(None, jnp.float32(0.0), images, labels,  # noqa: E731
                            jax.random.key(0), steps, args.batch).block_until_ready()
-    total = _median(run, args.repeats)  # after one run that compiles
+    total = median_seconds(run, args.repeats)  # after one run that compiles
     read = next(r for r in out["decode"] if r["workers"] == images.workers)["seconds_per_batch"]
     out["overlap"] = {"steps": steps, "step_seconds": args.step_ms / 1e3,
                       "seconds_total": round(total, 3),
