@@ -91,35 +91,37 @@ def run_tasks(config, workdir, stream, learner, ckpts):
     progress = Progress(config.quiet, num, start, workdir, tensorboard=config.tensorboard,
                         config=config)
     test_set = _test_sets(config, stream)
-    for t in range(start, num):
-        t0 = time.perf_counter()
-        bar = progress.steps(t, steps)
-        with _naming_the_task(t):
-            state = learner.train(state, t, stream.task(t), steps, on_chunk=bar.chunk)
-        train_secs = time.perf_counter() - t0
-        rate = bar.close()
-        row = learner.row(state, t, test_set, only=None if t + 1 in points else t)
-        rows[str(t)] = row
-        right_after.append(row["gg"][t])
-        wall.append(time.perf_counter() - t0)
-        meta = {"config": record.comparable(config), "rows": rows, "wall": wall,
-                "right_after": right_after}
-        ckpts.save(t + 1, learner.saved(state), meta)
-        res = record.results_dict(config, rows, wall, learner.bytes_per_task(state, t + 1), None,
-                                  **origin)
-        if distributed.is_primary():
-            results.write_results(workdir, res)
-        line = (f"task {t}: {rate:.0f} steps/s, GG {right_after[-1]:.4f}, "
-                f"running average {np.mean(right_after):.4f}")
-        inf_row = row.get("inferred")
-        if inf_row is not None and None not in inf_row:  # a row that evaluated every task
-            line += f", {config.scenario} over learned {np.mean(inf_row):.4f}"
-        elif None not in row["gg"]:
-            line += f", GG over learned {np.mean(row['gg']):.4f}"
-        progress.task_done(t, line, {"train/steps_per_second": rate,
-                                     "train/seconds": train_secs, "seconds": wall[-1],
-                                     **row_scalars(row, t)})
-    progress.close()
+    try:
+        for t in range(start, num):
+            t0 = time.perf_counter()
+            bar = progress.steps(t, steps)
+            with _naming_the_task(t):
+                state = learner.train(state, t, stream.task(t), steps, on_chunk=bar.chunk)
+            train_secs = time.perf_counter() - t0
+            rate = bar.close()
+            row = learner.row(state, t, test_set, only=None if t + 1 in points else t)
+            rows[str(t)] = row
+            right_after.append(row["gg"][t])
+            wall.append(time.perf_counter() - t0)
+            meta = {"config": record.comparable(config), "rows": rows, "wall": wall,
+                    "right_after": right_after}
+            ckpts.save(t + 1, learner.saved(state), meta)
+            res = record.results_dict(config, rows, wall,
+                                      learner.bytes_per_task(state, t + 1), None, **origin)
+            if distributed.is_primary():
+                results.write_results(workdir, res)
+            line = (f"task {t}: {rate:.0f} steps/s, GG {right_after[-1]:.4f}, "
+                    f"running average {np.mean(right_after):.4f}")
+            inf_row = row.get("inferred")
+            if inf_row is not None and None not in inf_row:  # a row that evaluated every task
+                line += f", {config.scenario} over learned {np.mean(inf_row):.4f}"
+            elif None not in row["gg"]:
+                line += f", GG over learned {np.mean(row['gg']):.4f}"
+            progress.task_done(t, line, {"train/steps_per_second": rate,
+                                         "train/seconds": train_secs, "seconds": wall[-1],
+                                         **row_scalars(row, t)})
+    finally:
+        progress.close()
     return _finish(config, workdir, record.results_dict(
         config, rows, wall, learner.bytes_per_task(state, len(wall)), None, **origin))
 
@@ -180,41 +182,43 @@ def run_nns(config, workdir, stream, trainer, ckpts):
         idx = iterators[piece.task].index_chunk(piece.step, piece.count)
         return task.train_images[idx], task.train_labels[idx]
 
-    for b in range(done, len(schedule)):
-        t0 = time.perf_counter()
-        block = schedule[b]
-        parts = [batches(p) for p in block]
-        images = np.concatenate([x for x, _ in parts])
-        labels = np.concatenate([y for _, y in parts])
-        with _naming_the_task(block[0].task):
-            learned, slot = learner.learn_block(learned, images, labels)
-        for p in block:
-            usage[p.task].append([slot, p.count])
-            trained[p.task] += p.count
-        before, complete = complete, _complete_prefix(trained, steps)
-        for t in range(before, complete):
-            if t + 1 in points:
-                rows[str(t)] = _nns_row(config, trainer, learned.bank, stream, usage, t, how)
-        seconds = time.perf_counter() - t0
-        for p in block:
-            wall[p.task] += seconds * p.count / len(images)
-        if not _piece_ends(schedule, b):
-            continue  # the block only continues a piece: no checkpoint
-        seen = max(t for t in range(num) if trained[t]) + 1
-        meta = {"config": record.comparable(config), "rows": rows, "wall": wall[:seen],
-                "usage": usage[:seen], "num_masks": learned.num_masks,
-                "steps": list(learned.steps), "decisions": list(learned.decisions),
-                "blocks": b + 1}
-        ckpts.save(b + 1, {"bank": learned.bank, "states": list(learned.states)}, meta)
-        res = _nns_results(config, rows, wall[:complete], learned, usage, origin)
-        if distributed.is_primary():
-            results.write_results(workdir, res)
-        for t in range(before, complete):
-            progress.task_done(t, f"task {t}: {steps / wall[t]:.0f} steps/s, masks allocated "
-                               f"{learned.num_masks}",
-                               {"seconds": wall[t], "nns/masks_allocated": learned.num_masks,
-                                **row_scalars(rows.get(str(t)), t)})
-    progress.close()
+    try:
+        for b in range(done, len(schedule)):
+            t0 = time.perf_counter()
+            block = schedule[b]
+            parts = [batches(p) for p in block]
+            images = np.concatenate([x for x, _ in parts])
+            labels = np.concatenate([y for _, y in parts])
+            with _naming_the_task(block[0].task):
+                learned, slot = learner.learn_block(learned, images, labels)
+            for p in block:
+                usage[p.task].append([slot, p.count])
+                trained[p.task] += p.count
+            before, complete = complete, _complete_prefix(trained, steps)
+            for t in range(before, complete):
+                if t + 1 in points:
+                    rows[str(t)] = _nns_row(config, trainer, learned.bank, stream, usage, t, how)
+            seconds = time.perf_counter() - t0
+            for p in block:
+                wall[p.task] += seconds * p.count / len(images)
+            if not _piece_ends(schedule, b):
+                continue  # the block only continues a piece: no checkpoint
+            seen = max(t for t in range(num) if trained[t]) + 1
+            meta = {"config": record.comparable(config), "rows": rows, "wall": wall[:seen],
+                    "usage": usage[:seen], "num_masks": learned.num_masks,
+                    "steps": list(learned.steps), "decisions": list(learned.decisions),
+                    "blocks": b + 1}
+            ckpts.save(b + 1, {"bank": learned.bank, "states": list(learned.states)}, meta)
+            res = _nns_results(config, rows, wall[:complete], learned, usage, origin)
+            if distributed.is_primary():
+                results.write_results(workdir, res)
+            for t in range(before, complete):
+                progress.task_done(t, f"task {t}: {steps / wall[t]:.0f} steps/s, masks allocated "
+                                   f"{learned.num_masks}",
+                                   {"seconds": wall[t], "nns/masks_allocated": learned.num_masks,
+                                    **row_scalars(rows.get(str(t)), t)})
+    finally:
+        progress.close()
     return _finish(config, workdir, _nns_results(config, rows, wall, learned, usage, origin))
 
 
