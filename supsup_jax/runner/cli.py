@@ -33,11 +33,16 @@ USAGE = ("usage: supsup-run (or python -m experiments.run) --config=NAME[:VARIAN
 # Where the named configs live: the checkout's package, else the wheel's copy of it.
 CONFIG_PACKAGES = ("experiments.configs", "supsup_jax.configs")
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints and results")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
-                                   "host:port of process 0, for a multi-process run")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "processes in a multi-process run")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's id, 0..num_processes-1")
+
+def _define_flags() -> None:
+    """The command line's flags, defined when it runs (importing this module registers none)."""
+    if "workdir" in flags.FLAGS:
+        return
+    flags.DEFINE_string("workdir", None, "directory for checkpoints and results")
+    flags.DEFINE_string("coordinator_address", None,
+                        "host:port of process 0, for a multi-process run")
+    flags.DEFINE_integer("num_processes", None, "processes in a multi-process run")
+    flags.DEFINE_integer("process_id", None, "this process's id, 0..num_processes-1")
 
 
 def main(argv):
@@ -45,9 +50,10 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     tracebacks = flags.FLAGS.verbosity >= 1  # asked for on the command line
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
-    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    f = flags.FLAGS
+    distributed.initialize(f.coordinator_address, f.num_processes, f.process_id)
     try:
-        res = train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
+        res = train_and_evaluate(f.config, f.workdir)
     except USER_ERRORS as e:
         if tracebacks:
             raise
@@ -55,8 +61,8 @@ def main(argv):
     if not distributed.is_primary():
         return
     print(results.format_table(res))
-    print(f"results: {_WORKDIR.value}/results.json, {_WORKDIR.value}/accuracy.csv; plots: "
-          f"{_WORKDIR.value}/*.png")
+    print(f"results: {f.workdir}/results.json, {f.workdir}/accuracy.csv; plots: "
+          f"{f.workdir}/*.png")
 
 
 def _fail(error: Exception, code: int) -> None:
@@ -158,6 +164,7 @@ def console_main(argv=None):
     if any(a in ("--help", "-h", "--helpfull", "-?") for a in argv[1:]):
         print(help_text())
         sys.exit(0)
+    _define_flags()
     given = any(a.startswith("--config=") for a in argv)
     # Parsed once here so that a bad name, flag, config file, variant or --config.FIELD is one
     # line (absl and ml_collections would print chained tracebacks).
