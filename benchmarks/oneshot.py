@@ -39,7 +39,7 @@ import numpy as np
 from common import cpu_description, device, write_result
 
 from supsup_jax import bank as bank_lib
-from supsup_jax import inference, kernels, masking, models
+from supsup_jax import inference, kernels, masking, models, scenarios
 
 
 def _time(fn, repeats):
@@ -63,7 +63,7 @@ def random_bank(weights, k, seed=0) -> bank_lib.MaskBank:
     return bank_lib.MaskBank(bits, {}, jnp.int32(k), shapes)
 
 
-def float_baseline(net, bank, x, w, objective):
+def float_baseline(net, bank, objective):
     """The official code's approach: float32 stacked masks, superposition rebuilt per batch."""
     # Flattened [k, P] per layer: a dot over the leading axis of [k, *shape] makes XLA transpose
     # the whole stack every call (55x slower), which would flatter the bank.
@@ -73,7 +73,7 @@ def float_baseline(net, bank, x, w, objective):
     shapes = dict(bank.shapes)
 
     @jax.jit
-    def step(stacked, alpha):
+    def step(stacked, alpha, x, w):
         def f(a):
             masks = {p: (a @ m).reshape(shapes[p]) for p, m in stacked.items()}
             logits, _ = net.apply(masking.mask_params(net.params, masks), {}, x, False)
@@ -84,44 +84,49 @@ def float_baseline(net, bank, x, w, objective):
     return stacked, step
 
 
-def time_variant(net, bank, x, w, obj, args, extra=None) -> dict:
-    """One-Shot, the superposition and Binary with the kernel variant now selected; with
-    ``extra`` (a dict), also per-example One-Shot and Exhaustive, written there."""
+def time_variant(net, bank, x, obj, args, extra=None) -> dict:
+    """One-Shot, the superposition and Binary with the kernel variant now selected, each as the
+    runner calls it (``scenarios.TaskInference(m=1).infer`` on the batch: the first image
+    decides, and only it goes through the gradient); with ``extra`` (a dict), also per-example
+    One-Shot and Exhaustive, written there."""
     k = bank.capacity
     r = {}
     sup = jax.jit(lambda b: bank_lib.superpose(inference.uniform_alpha(b), b))(bank)
-    one = jax.jit(lambda b, s, x, w: inference.one_shot(net, net.params, b, x, w, obj,
-                                                        superposed=s))
-    t, first, task, _ = _time(lambda: one(bank, sup, x, w), args.repeats)
+
+    def infer(method, **fields):
+        how = scenarios.TaskInference(method, "g", **fields)
+        return jax.jit(lambda b, s, x: how.infer(net, net.params, b, x, None, s))
+
+    one = infer("one_shot")
+    t, first, task, _ = _time(lambda: one(bank, sup, x), args.repeats)
     r.update(oneshot_batch_s=t, oneshot_per_example_s=t / args.batch,
              oneshot_first_call_s=first, task=int(task))
-    x1, w1 = x[:1], inference.first_m_weights(1, 1)
-    r["oneshot_single_example_s"] = _time(lambda: one(bank, sup, x1, w1), args.repeats)[0]
+    # Before TaskInference cut the batch to its deciding images: the gradient's forward and
+    # backward pass over all of it, with zero weights past the first image.
+    whole = jax.jit(lambda b, s, x, w: inference.one_shot(net, net.params, b, x, w, obj,
+                                                          superposed=s))
+    w = inference.first_m_weights(args.batch, 1)
+    r["oneshot_whole_batch_gradient_s"] = _time(lambda: whole(bank, sup, x, w), args.repeats)[0]
     layers = None if args.shortlist_layers == "all" else tuple(args.shortlist_layers.split(","))
-    gradient = functools.partial(inference.alpha_gradient, layers=layers)
-    rerank = inference.make_objective("s", 10)
-    short = jax.jit(lambda b, s, x, w: inference.shortlist(
-        net, net.params, b, x, w, obj, size=args.shortlist, rerank=rerank, superposed=s,
-        gradient=gradient))
-    r["shortlist_batch_s"], _, stask, _ = _time(lambda: short(bank, sup, x, w), args.repeats)
+    short = infer("shortlist", shortlist=args.shortlist, rerank="s", layers=layers)
+    r["shortlist_batch_s"], _, stask, _ = _time(lambda: short(bank, sup, x), args.repeats)
     r["shortlist_task"] = int(stask)
     r["shortlist_over_oneshot"] = r["shortlist_batch_s"] / t
     superpose = jax.jit(lambda a, b: bank_lib.superpose(a, b))  # a new trace per variant
     r["superpose_uniform_s"] = _time(lambda: superpose(inference.uniform_alpha(bank), bank),
                                      args.repeats)[0]
     if os.environ["SUPSUP_JAX_KERNEL_VARIANT"] != "xla" or k <= args.max_exhaustive_k:
-        binary = jax.jit(lambda b, x, w: inference.binary(net, net.params, b, x, w, obj))
-        r["binary_batch_s"], _, btask, _ = _time(lambda: binary(bank, x, w),
+        binary = infer("binary")
+        r["binary_batch_s"], _, btask, _ = _time(lambda: binary(bank, None, x),
                                                  max(1, args.repeats // 2))
         r["binary_task"] = int(btask)
     if extra is not None:
         if k <= args.max_per_example_k:
-            # Every image decides its own task (scenarios.TaskInference(per_example=True)).
-            each = jax.jit(jax.vmap(lambda xi: one(bank, sup, xi[None], w1)))
+            each = jax.jit(jax.vmap(lambda xi: one(bank, sup, xi[None])))
             extra["oneshot_each_example_batch_s"] = _time(lambda: each(x), 1)[0]
         if k <= args.max_exhaustive_k:
-            ex = jax.jit(lambda b, x, w: inference.exhaustive(net, net.params, b, x, w, obj))
-            extra["exhaustive_batch_s"] = _time(lambda: ex(bank, x, w), 1)[0]
+            ex = infer("exhaustive", rerank="s")
+            extra["exhaustive_batch_s"] = _time(lambda: ex(bank, None, x), 1)[0]
     return r
 
 
@@ -131,7 +136,6 @@ def run_case(model, k, args):
     bank = random_bank(weights, k)
     num_weights = bank.num_weights
     x = jax.random.normal(jax.random.key(1), (args.batch, *net.input_shape))
-    w = inference.first_m_weights(args.batch, 1)
     obj = inference.make_objective("g", 10)
     row = {"model": model, "k": k, "num_weights": num_weights,
            "bank_bytes": bank.nbytes(), "bits_bytes": math.ceil(k * num_weights / 8)}
@@ -141,7 +145,7 @@ def run_case(model, k, args):
     for variant in args.variants:
         # The variant is read when a function is traced: fresh jitted functions for each.
         os.environ["SUPSUP_JAX_KERNEL_VARIANT"] = variant
-        row["variants"][variant] = time_variant(net, bank, x, w, obj, args,
+        row["variants"][variant] = time_variant(net, bank, x, obj, args,
                                                 row if variant == args.variants[0] else None)
     os.environ.pop("SUPSUP_JAX_KERNEL_VARIANT")
     twin = row["variants"].get("xla")
@@ -155,13 +159,19 @@ def run_case(model, k, args):
     baseline_bytes = 4 * k * num_weights
     row["float32_stacked_bytes"] = baseline_bytes
     if baseline_bytes <= args.max_baseline_gib * 2**30:
-        stacked, step = float_baseline(net, bank, x, w, obj)
+        stacked, step = float_baseline(net, bank, obj)
         alpha = inference.uniform_alpha(bank)
-        row["float32_stacked_batch_s"], _, task_f32, _ = _time(lambda: step(stacked, alpha),
-                                                               max(1, args.repeats // 2))
+        # As the bank's One-Shot: the first image decides, and only it is differentiated.
+        row["float32_stacked_batch_s"], _, task_f32, _ = _time(
+            lambda: step(stacked, alpha, x[:1], jnp.ones((1,))), max(1, args.repeats // 2))
+        row["float32_stacked_whole_batch_gradient_s"] = _time(
+            lambda: step(stacked, alpha, x, inference.first_m_weights(args.batch, 1)),
+            max(1, args.repeats // 2))[0]
         for r in row["variants"].values():
             r["float32_agrees"] = int(task_f32) == r["task"]
             r["speedup_vs_float32"] = row["float32_stacked_batch_s"] / r["oneshot_batch_s"]
+            r["whole_batch_speedup_vs_float32"] = (row["float32_stacked_whole_batch_gradient_s"]
+                                                   / r["oneshot_whole_batch_gradient_s"])
         row["bytes_ratio_vs_float32"] = row["bank_bytes"] / baseline_bytes
         del stacked
     else:

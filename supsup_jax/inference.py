@@ -52,6 +52,7 @@ __all__ = [
     "binary",
     "check_inputs",
     "check_shortlist_size",
+    "deciding_images",
     "entropy",
     "exhaustive",
     "first_m_weights",
@@ -142,6 +143,18 @@ def first_m_weights(batch: int, m: int, valid: jax.Array | None = None) -> jax.A
     """float ``[batch]``: 1 for the first ``m`` (valid) examples, which decide the task."""
     w = (jnp.arange(batch) < m).astype(jnp.float32)
     return w if valid is None else w * valid.astype(jnp.float32)
+
+
+def deciding_images(network: Network, x: jax.Array, m: int, valid: jax.Array | None = None
+                    ) -> tuple[jax.Array, jax.Array]:
+    """``(x_d, weights)``: the images that decide a batch's task, and :func:`first_m_weights`.
+
+    Rows do not interact without BN, so only the first ``m`` go through the gradient's forward
+    and backward pass: the same objective as the whole batch with zero weights, at ``m/B`` of
+    its cost. BN networks infer on batch statistics, which every row shapes: the whole batch."""
+    if network.has_bn or m >= x.shape[0]:
+        return x, first_m_weights(x.shape[0], m, valid)
+    return x[:m], first_m_weights(m, m, None if valid is None else valid[:m])
 
 
 def uniform_alpha(bank: bank_lib.MaskBank, alive: jax.Array | None = None) -> jax.Array:

@@ -117,7 +117,7 @@ class TaskInference:
         if self.per_example:
             one = lambda xi: method(network, params, bank, xi[None], jnp.ones((1,)), objective)
             return jax.vmap(one)(x)
-        weights = inference.first_m_weights(x.shape[0], self.m, valid)
+        x, weights = inference.deciding_images(network, x, self.m, valid)
         return method(network, params, bank, x, weights, objective)
 
 

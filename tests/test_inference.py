@@ -331,6 +331,32 @@ def test_per_example_equals_per_batch_with_batch_size_one(trained):
     np.testing.assert_array_equal(np.asarray(got), ref)
 
 
+@pytest.mark.parametrize("method", ["one_shot", "binary", "shortlist", "exhaustive"])
+def test_only_the_deciding_images_go_through_inference(trained, method):
+    # Reference: the method on the whole clean batch, zero weights past the first m (valid)
+    # rows. TaskInference must give the same task when those rows are NaN, which it can only
+    # do if they never enter the forward pass (0 * NaN is NaN in a gradient).
+    net, bank, tasks, preprocess, _ = trained
+    h = inference.make_objective("h", 10)
+    fn = {"shortlist": functools.partial(inference.shortlist, size=2, rerank=h),
+          "exhaustive": functools.partial(inference.exhaustive, score=h)
+          }.get(method, inference.METHODS[method])
+    for m, valid in ((1, None), (3, None), (3, np.arange(16) != 1)):
+        how = scenarios.TaskInference(method, "h", m=m, shortlist=2, rerank="h")
+        for t in range(NUM_TASKS):
+            x = _x(tasks, preprocess, t, 16)
+            w = inference.first_m_weights(16, m, None if valid is None else jnp.asarray(valid))
+            want = int(fn(net, net.params, bank, x, w, inference.entropy))
+            poisoned = x.at[m:].set(jnp.nan)
+            v = None if valid is None else jnp.asarray(valid)
+            assert int(how.infer(net, net.params, bank, poisoned, v)) == want, (m, t)
+    # BN networks infer on batch statistics, to which every row contributes: nothing is cut.
+    bn = models.gemresnet18(num_classes=5)
+    xb = jnp.zeros((4, 32, 32, 3))
+    assert inference.deciding_images(bn, xb, 1)[0].shape == xb.shape
+    assert inference.deciding_images(net, x, 3)[0].shape == (3, *x.shape[1:])
+
+
 def test_gnu_and_gns_evaluation(trained):
     net, bank, tasks, preprocess, trainer = trained
     key = jax.random.key(0)

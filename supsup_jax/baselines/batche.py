@@ -190,9 +190,9 @@ def _evaluate_batches(state, stats, images, labels, true_task, num_learned, *, t
         x_u8, y = batch
         valid = y >= 0
         x = trainer.preprocess(x_u8, None, False)
-        w = inference.first_m_weights(x.shape[0], how.m, valid)
-        task = (one_shot(method, state, num_learned, x, w, objective) if how.method == "one_shot"
-                else shortlist(method, state, stats, num_learned, x, w, objective,
+        xd, w = inference.deciding_images(method.network, x, how.m, valid)
+        task = (one_shot(method, state, num_learned, xd, w, objective) if how.method == "one_shot"
+                else shortlist(method, state, stats, num_learned, xd, w, objective,
                                how.shortlist, inference.make_objective(how.rerank,
                                                                        how.num_real)))
         task_stats = core.take(stats, task) if method.network.has_bn else method.network.batch_stats
