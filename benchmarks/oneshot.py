@@ -24,7 +24,6 @@ For each network (LeNet 300-100 and FC 1024-1024, output 500) and each k, with k
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
 import os
