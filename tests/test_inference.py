@@ -341,20 +341,25 @@ def test_only_the_deciding_images_go_through_inference(trained, method):
     fn = {"shortlist": functools.partial(inference.shortlist, size=2, rerank=h),
           "exhaustive": functools.partial(inference.exhaustive, score=h)
           }.get(method, inference.METHODS[method])
-    for m, valid in ((1, None), (3, None), (3, np.arange(16) != 1)):
+    for m, valid in ((1, None), (3, None), (3, jnp.arange(16) != 1)):
         how = scenarios.TaskInference(method, "h", m=m, shortlist=2, rerank="h")
         for t in range(NUM_TASKS):
             x = _x(tasks, preprocess, t, 16)
-            w = inference.first_m_weights(16, m, None if valid is None else jnp.asarray(valid))
+            w = inference.first_m_weights(16, m, valid)
             want = int(fn(net, net.params, bank, x, w, inference.entropy))
             poisoned = x.at[m:].set(jnp.nan)
-            v = None if valid is None else jnp.asarray(valid)
-            assert int(how.infer(net, net.params, bank, poisoned, v)) == want, (m, t)
-    # BN networks infer on batch statistics, to which every row contributes: nothing is cut.
-    bn = models.gemresnet18(num_classes=5)
-    xb = jnp.zeros((4, 32, 32, 3))
-    assert inference.deciding_images(bn, xb, 1)[0].shape == xb.shape
-    assert inference.deciding_images(net, x, 3)[0].shape == (3, *x.shape[1:])
+            assert int(how.infer(net, net.params, bank, poisoned, valid)) == want, (m, t)
+
+
+def test_bn_networks_decide_on_the_whole_batch():
+    # They infer on batch statistics, to which every row contributes: nothing is cut.
+    x = jnp.zeros((4, 32, 32, 3))
+    xd, w = inference.deciding_images(models.gemresnet18(num_classes=5), x, 1)
+    assert xd.shape == x.shape
+    np.testing.assert_array_equal(w, [1, 0, 0, 0])
+    xd, w = inference.deciding_images(models.lenet300_100(num_outputs=10), x[:, :28, :28, :1], 3)
+    assert xd.shape == (3, 28, 28, 1)
+    np.testing.assert_array_equal(w, [1, 1, 1])
 
 
 def test_gnu_and_gns_evaluation(trained):
