@@ -37,6 +37,7 @@ Figures (SPEC 2.2):
 from __future__ import annotations
 
 import ast
+import collections
 import importlib
 import json
 import os
@@ -225,10 +226,9 @@ def display_labels(runs: dict[str, list[dict]]) -> dict[str, str]:
     """Paper-style names (:func:`plots.method_label`) of a figure's curves; where two curves
     share one, their output sizes tell them apart (``s=25``)."""
     names = {label: plots.method_label(seeds[0]) for label, seeds in runs.items()}
-    for label, seeds in runs.items():
-        if list(names.values()).count(names[label]) > 1:
-            names[label] += f", s={seeds[0]['config'].get('num_outputs')}"
-    return names
+    shared = collections.Counter(names.values())
+    return {label: name + (f", s={runs[label][0]['config'].get('num_outputs')}"
+                           if shared[name] > 1 else "") for label, name in names.items()}
 
 
 def plot_comparison(runs: dict[str, list[dict]], path, title: str,

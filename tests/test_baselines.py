@@ -411,6 +411,22 @@ def test_runner_resume_equals_uninterrupted(tmp_path, fashion_mnist):
     assert resumed["accuracy_matrix"] == full["accuracy_matrix"]
 
 
+def test_display_labels_tell_shared_names_apart_by_output_size():
+    # Every curve whose paper-style name another curve shares gets its output size, the last
+    # one included.
+    def run(s, objective):
+        return [{"scenario": "GNu", "config": {"method": "supsup", "num_outputs": s,
+                                               "inference": {"method": "one_shot",
+                                                             "objective": objective}}}]
+    runs = {f"s{s}_{o}": run(s, o) for s in (25, 100, 500) for o in ("h", "g")}
+    runs["psp_gg"] = [{"scenario": "GG", "config": {"method": "psp", "num_outputs": 10}}]
+    names = compare.display_labels(runs)
+    assert names["s500_g"] == "SupSup (GNu, One-Shot G), s=500"
+    assert names["s25_h"] == "SupSup (GNu, One-Shot H), s=25"
+    assert names["psp_gg"] == "PSP (GG)"
+    assert len(set(names.values())) == len(runs)
+
+
 def test_compare_draws_every_method(tmp_path, fashion_mnist):
     # The rotated figure (the permuted one's methods run in the smoke tests above).
     runs = compare.run_figure("rotated_fashion", tmp_path, tiny=True, quiet=True,
