@@ -3,13 +3,15 @@
 For each network (LeNet 300-100 and FC 1024-1024, output 500) and each k, with k random masks
 (inference cost does not depend on what the masks learned):
 
-* the bit-packed bank: One-Shot G on a batch of 128 (one gradient at uniform alpha, the
-  superposed mask precomputed once per bank as the runner does) and per example of it, One-Shot
-  on a single image, One-Shot deciding every image of the batch on its own (``vmap``, for
-  ``k <= --max-per-example-k``), Binary (halving) and Exhaustive; bytes the bank holds, against
-  the bits the masks need;
+* the bit-packed bank: One-Shot G on a batch of 128 decided by its first image, as the runner
+  calls it (``TaskInference.infer``: one gradient at uniform alpha of that image alone, the
+  superposed mask precomputed once per bank), and with the whole batch differentiated at zero
+  weights past the first image (the previous call); One-Shot deciding every image of the batch
+  on its own (``vmap``, for ``k <= --max-per-example-k``), Binary (halving) and Exhaustive;
+  bytes the bank holds, against the bits the masks need;
 * the official approach, measured in the same run: masks stacked as float32 ``[k, *shape]``, the
-  superposition ``sum_i alpha_i M_i`` rebuilt every batch and the gradient by autodiff
+  superposition ``sum_i alpha_i M_i`` rebuilt every batch and the gradient by autodiff, of the
+  deciding image (and of the whole batch)
   (skipped, and reported as not run, when its stack would exceed ``--max-baseline-gib``);
 * every CPU kernel variant this CPU runs (``--variants``, default all of them and ``xla``, the
   plain-JAX twin that GPU/TPU and compiler-less CPUs run): One-Shot, the shortlist rule
