@@ -14,9 +14,9 @@ from supsup_jax import kernels
 
 # (k, nb): tails of every loop (nb = 1..7 mod 4, 8 and 16, odd row starts, one task), nb past
 # the matvec row block (4096 bytes), its table block (64) and the vecmat column block (1024), k
-# past the 96 rows from which the twin's matvec uses tables and the 256 from which AVX2 and
-# portable matvec do (k = 257, 600 with tails of 1 and 88 rows), and banks of > 2 MB so that
-# both threads run.
+# past the 96 rows from which the twin's matvec uses tables and the 64 and 512 from which
+# portable and AVX2 matvec do (k = 97, 257, 600 with tails of 1 and 88 rows), and banks of
+# > 2 MB so that both threads run. test_matvec_paths_agree forces each path at every k.
 SHAPES = [(1, 1), (3, 5), (5, 6), (9, 7), (7, 33), (16, 4096 + 21), (40, 300), (97, 4096 + 3),
           (257, 70), (600, 4099), (300, 1024 + 9)]
 IMPLS = [*kernels.VARIANTS, "xla"]
@@ -55,6 +55,22 @@ def test_products_match_unpacked_reference(k, nb, impl):
     atol = 1e-5 * np.sqrt(8 * nb)
     np.testing.assert_allclose(np.asarray(g), dense @ v, rtol=1e-5, atol=atol)
     np.testing.assert_allclose(np.asarray(s), alpha @ dense, rtol=1e-5, atol=1e-5 * np.sqrt(k))
+
+
+@pytest.mark.parametrize("table_rows", ["1", "1000000"])
+@pytest.mark.parametrize("impl", kernels.VARIANTS)
+def test_matvec_paths_agree(impl, table_rows, monkeypatch):
+    # SUPSUP_JAX_TABLE_ROWS moves the crossover between the direct loop and the partial-sum
+    # tables (read per call): each path on its own, tails and active rows included.
+    _skip_unsupported(impl)
+    monkeypatch.setenv("SUPSUP_JAX_TABLE_ROWS", table_rows)
+    matvec = jax.jit(functools.partial(kernels.bits_matvec, variant=impl))
+    for k, nb in ((1, 1), (9, 7), (97, 4096 + 3), (257, 70)):
+        bits, dense, v, _ = _data(k, nb, seed=k)
+        rows = np.random.default_rng(k).random(k) < 0.7
+        g = matvec(jnp.asarray(bits), jnp.asarray(v), jnp.asarray(rows))
+        np.testing.assert_allclose(np.asarray(g), np.where(rows, dense @ v, 0.0), rtol=1e-5,
+                                   atol=1e-5 * np.sqrt(8 * nb))
 
 
 @pytest.mark.parametrize("impl", IMPLS)

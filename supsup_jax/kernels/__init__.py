@@ -23,7 +23,10 @@ cache directory (``$SUPSUP_JAX_KERNEL_CACHE``, default ``~/.cache/supsup_jax``),
 source, the jaxlib version, the compiler and the variant. The default is the best variant the
 CPU supports (its ``/proc/cpuinfo`` flags, checked again by the built library itself before it
 is registered); ``SUPSUP_JAX_KERNEL_VARIANT`` (one of :data:`VARIANTS` or ``"xla"``) forces one,
-and ``SUPSUP_JAX_KERNELS=0`` the twin. On GPU/TPU (``lax.platform_dependent``), and on CPU when
+and ``SUPSUP_JAX_KERNELS=0`` the twin. Two knobs for measuring, read per call:
+``SUPSUP_JAX_KERNEL_THREADS`` (threads, default the CPU count) and ``SUPSUP_JAX_TABLE_ROWS``
+(from how many rows matvec uses tables of partial sums; defaults per variant in ``bitops.cc``,
+measured in benchmarks/README.md). On GPU/TPU (``lax.platform_dependent``), and on CPU when
 no compiler is found, the plain-JAX twin runs. :func:`kernel_status` says which and why. The
 variant is read when a function is traced, so it is fixed inside each compiled program.
 """

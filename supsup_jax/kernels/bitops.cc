@@ -12,7 +12,7 @@
 //                   and + add per 8 weights.
 //   (neither):      portable C++: the same table as 0/1 floats and a multiply-add over 8 lanes,
 //                   which compilers vectorise on their own (SSE2, NEON, ...); no intrinsics.
-// Matvec from 256 rows on AVX2 and portable: tables of partial sums per byte (MatvecTable).
+// Matvec from 512 rows on AVX2 and 64 on portable: tables of partial sums per byte (MatvecTable).
 // Vecmat: rows streamed into L1 accumulators per column block. Rows or column blocks are split
 // across threads. The portable routines also handle every variant's tails.
 #include <algorithm>
@@ -218,12 +218,19 @@ void MatvecTable(const uint8_t* b, int64_t nb, const float* v, const int64_t* id
 }
 
 // From how many rows the tables beat the variant's direct loop (measured, benchmarks/README.md):
-// never for AVX-512's masked adds.
+// never for AVX-512's masked adds; SUPSUP_JAX_TABLE_ROWS overrides it (to measure the crossover).
 #if defined(SUPSUP_AVX512)
 constexpr int64_t kTableRows = INT64_MAX;
+#elif defined(SUPSUP_AVX2)
+constexpr int64_t kTableRows = 512;
 #else
-constexpr int64_t kTableRows = 256;
+constexpr int64_t kTableRows = 64;
 #endif
+
+int64_t TableRows() {
+  const char* env = std::getenv("SUPSUP_JAX_TABLE_ROWS");
+  return env ? std::atoll(env) : kTableRows;
+}
 
 // Rows with active[i] == 0 are skipped and get 0 (Binary needs only its remaining candidates).
 ffi::Error MatvecImpl(ffi::Buffer<ffi::U8> bits, ffi::Buffer<ffi::F32> v,
@@ -243,7 +250,7 @@ ffi::Error MatvecImpl(ffi::Buffer<ffi::U8> bits, ffi::Buffer<ffi::F32> v,
     if (active.typed_data()[i]) idx.push_back(i);
   }
   const int64_t n = static_cast<int64_t>(idx.size());
-  if (n >= kTableRows) {
+  if (n >= TableRows()) {
     const int64_t blocks = (nb + kTab - 1) / kTab;
     const int threads = static_cast<int>(std::min<int64_t>(NumThreads(n * nb), blocks));
     std::vector<std::vector<float>> parts(threads, std::vector<float>(n, 0.f));
