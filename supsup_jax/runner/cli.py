@@ -5,7 +5,8 @@
 fashion``; an installed wheel ships them as ``supsup_jax.configs``), or a config file's path.
 Fields are overridden with ``--config.FIELD=VALUE`` (e.g. ``--config.num_tasks=5``); ``--help``
 lists the configs, their variants and every field. Re-running the same command on the same
-workdir resumes after the last finished task.
+workdir resumes after the last finished task. ``--reevaluate=SOURCE`` evaluates a finished
+SupSup run's masks with another task inference instead (:mod:`supsup_jax.runner.reevaluate`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from supsup_jax.checkpoint import CheckpointError
 from supsup_jax.data import DataNotFoundError
 from supsup_jax.errors import ConfigError, NoTaskSignalError, TrainingDivergedError
 from supsup_jax.runner import train_and_evaluate
+from supsup_jax.runner.reevaluate import reevaluate
 
 # A user's mistake (or their data's): one line, no traceback unless --verbosity >= 1. Anything
 # else is a bug and keeps its traceback.
@@ -43,6 +45,8 @@ def _define_flags() -> None:
                         "host:port of process 0, for a multi-process run")
     flags.DEFINE_integer("num_processes", None, "processes in a multi-process run")
     flags.DEFINE_integer("process_id", None, "this process's id, 0..num_processes-1")
+    flags.DEFINE_string("reevaluate", None, "a SupSup GNu/GNs run's workdir: evaluate its "
+                        "learned masks with this config's inference, without training")
 
 
 def main(argv):
@@ -53,7 +57,10 @@ def main(argv):
     f = flags.FLAGS
     distributed.initialize(f.coordinator_address, f.num_processes, f.process_id)
     try:
-        res = train_and_evaluate(f.config, f.workdir)
+        if f.reevaluate:
+            res = reevaluate(f.config, f.reevaluate, f.workdir)
+        else:
+            res = train_and_evaluate(f.config, f.workdir)
     except USER_ERRORS as e:
         if tracebacks:
             raise
@@ -125,6 +132,9 @@ def help_text() -> str:
              "  --config.FIELD=VALUE      override a field (list below)",
              "  --coordinator_address=HOST:PORT --num_processes=N --process_id=I",
              "                            a multi-process (jax.distributed) run",
+             "  --reevaluate=SOURCE       evaluate the SupSup GNu/GNs run in SOURCE with this",
+             "                            config's inference (fields inference, eval_at,",
+             "                            test_batch_size, max_eval_examples), no training",
              "  --verbosity=1             tracebacks for user errors too", "",
              "configs (experiments/configs/; the variants tiny and fashion apply to all):"]
     package = configs_package()

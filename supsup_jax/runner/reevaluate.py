@@ -1,0 +1,146 @@
+"""Another task inference on a SupSup run's learned masks, without training them again.
+
+``reevaluate(config, source, workdir)`` restores the newest checkpoint of the SupSup GNu/GNs
+run in ``source`` and writes to ``workdir`` the results that run would have written had it
+evaluated with ``config``: the same rows as :func:`supsup_jax.runner.tasks.run_tasks` (every
+learned task at each evaluation point, else the new task alone) for the tasks ``source`` has
+finished. Row ``t`` uses the bank cut to its first ``t + 1`` masks: in GNu and GNs a task's mask
+never changes once learned, so that is the bank the run held after task ``t``. The evaluation
+keys are the run's own (:mod:`supsup_jax.runner.keys`), so with ``source``'s own config the rows
+equal ``source``'s.
+
+``config`` must be ``source``'s config up to :data:`EVALUATION_FIELDS` (e.g. a 2500-task run
+with One-Shot H re-evaluated with ``inference.objective="g"``). ``source`` is locked while it is
+read: a run still training there is an error. Finished rows are kept in
+``workdir/reevaluation.json``, so an interrupted re-evaluation resumes after its last row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+import jax.numpy as jnp
+
+from supsup_jax import distributed, plots, results
+from supsup_jax.checkpoint import CheckpointError, RunCheckpoints
+from supsup_jax.errors import ConfigError
+from supsup_jax.runner import build, learners, record, validate
+from supsup_jax.runner.build import eval_points, test_data
+
+__all__ = ["EVALUATION_FIELDS", "reevaluate"]
+
+# The fields a re-evaluation may change: they select how the learned masks are evaluated.
+EVALUATION_FIELDS = ("name", "inference", "eval_at", "test_batch_size", "max_eval_examples")
+ROWS_FILE = "reevaluation.json"
+
+
+def _as_source(stored: str, config) -> str:
+    """``source``'s stored fingerprint with ``config``'s evaluation fields, for
+    :func:`record.check_resumable` (so every other difference is named as a resume would)."""
+    old, now = json.loads(stored), json.loads(record.comparable(config))
+    for k in EVALUATION_FIELDS:
+        old.pop(k, None)
+        if k in now:
+            old[k] = now[k]
+    return json.dumps(old, sort_keys=True)
+
+
+def _saved_rows(workdir: str, fingerprint: dict) -> dict:
+    path = os.path.join(workdir, ROWS_FILE)
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        saved = json.load(f)
+    if saved.get("fingerprint") != fingerprint:
+        raise CheckpointError(
+            f"{path} holds a re-evaluation of another run or config ({saved.get('fingerprint')}"
+            f" vs {fingerprint}); use another workdir or delete that file")
+    return saved["rows"]
+
+
+def _save_rows(workdir: str, fingerprint: dict, rows: dict) -> None:
+    path = os.path.join(workdir, ROWS_FILE)
+    with open(path + ".tmp", "w") as f:
+        json.dump({"fingerprint": fingerprint, "rows": rows}, f)
+    os.replace(path + ".tmp", path)
+
+
+def reevaluate(config, source: str | os.PathLike, workdir: str | os.PathLike) -> dict:
+    """Evaluate the masks of the SupSup GNu/GNs run in ``source`` with ``config`` (see the
+    module docstring) and write ``results.json``, ``accuracy.csv`` and plots into ``workdir``.
+
+    Returns the results dict; ``reevaluated_from`` names ``source`` and its finished tasks.
+
+    Raises:
+      ConfigError: ``config`` is not a SupSup GNu/GNs run, ``workdir`` is ``source``, or no
+        evaluation point falls within the tasks ``source`` finished.
+      CheckpointError: ``source`` has no checkpoint, is in use, or ran another config (beyond
+        :data:`EVALUATION_FIELDS`).
+    """
+    validate.check_config(config)
+    build.check_method(config)
+    if config.method != "supsup" or config.scenario not in ("GNu", "GNs"):
+        raise ConfigError(f"re-evaluation takes a SupSup GNu or GNs run; this config is method "
+                          f"{config.method!r}, scenario {config.scenario!r}")
+    source, workdir = os.path.abspath(os.fspath(source)), os.path.abspath(os.fspath(workdir))
+    if source == workdir:
+        raise ConfigError(f"the re-evaluation would overwrite its source {source}: give "
+                          "another workdir")
+    if not os.path.isdir(os.path.join(source, "checkpoints")):
+        raise CheckpointError(f"{source} holds no run (no checkpoints/ folder)")
+    stream = build.make_stream(config)
+    validate.check_against_stream(config, stream)
+    trainer = build.build_trainer(config, stream, build.build_network(config, stream))
+    learner = learners.SupSupLearner(config, stream, trainer)
+    ckpts = RunCheckpoints(source)
+    try:
+        check = lambda meta: record.check_resumable(_as_source(meta["config"], config), config,
+                                                    source)
+        done, meta, state = ckpts.resume(
+            check, lambda step, meta: learner.restore(ckpts, step, learner.init(), meta))
+    finally:
+        ckpts.close()
+    if meta is None:
+        raise CheckpointError(f"{source} has no finished task to re-evaluate")
+    points = eval_points(config)
+    if not any(p <= done for p in points):
+        raise ConfigError(f"{source} finished {done} tasks, before the first evaluation point "
+                          f"{min(points)} (config field eval_at)")
+    fingerprint = {"source": source, "tasks": done, "config": record.comparable(config)}
+    os.makedirs(workdir, exist_ok=True)
+    rows = _saved_rows(workdir, fingerprint)
+    bank = state["bank"]
+    cache: dict[int, tuple] = {}
+
+    def test_set(i):
+        if i not in cache:
+            if len(cache) >= 64:  # test sets are built on demand; keep a bounded few
+                cache.clear()
+            cache[i] = test_data(config, stream, i)
+        return cache[i]
+
+    t0 = time.perf_counter()
+    for t in range(done):
+        if str(t) in rows:
+            continue
+        cut = dataclasses.replace(bank, num_tasks=jnp.int32(t + 1))  # the bank after task t
+        rows[str(t)] = learner.row({**state, "bank": cut}, t, test_set,
+                                   only=None if t + 1 in points else t)
+        if t + 1 in points or t + 1 == done:
+            _save_rows(workdir, fingerprint, rows)
+            if not config.quiet:
+                inf = rows[str(t)]["inferred"]
+                mean = sum(inf) / len(inf) if None not in inf else inf[t]
+                print(f"re-evaluated after {t + 1} tasks: {config.scenario} {mean:.4f} "
+                      f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    res = record.results_dict(
+        config, rows, meta["wall"], learner.bytes_per_task(state, done), None,
+        provenance=record.provenance(stream), classes_per_task=stream.task(0).num_classes,
+        reevaluated_from={"workdir": source, "tasks": done})
+    if distributed.is_primary():
+        results.write_results(workdir, res)
+        plots.write_plots(res, workdir)
+    return res
