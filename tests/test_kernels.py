@@ -13,8 +13,8 @@ import pytest
 from supsup_jax import kernels
 
 # (k, nb): tails of every loop (nb = 1..7 mod 4, 8 and 16, odd row starts, one task), nb past
-# the matvec row block (4096 bytes), its table block (64) and the vecmat column block (1024), k
-# past the 96 rows from which the twin's matvec uses tables and the 64 and 512 from which
+# the matvec row block (4096 bytes), its table block (32) and the vecmat column block (1024), k
+# past the 96 rows from which the twin's matvec uses tables and the 16 and 512 from which
 # portable and AVX2 matvec do (k = 97, 257, 600 with tails of 1 and 88 rows), and banks of
 # > 2 MB so that both threads run. test_matvec_paths_agree forces each path at every k.
 SHAPES = [(1, 1), (3, 5), (5, 6), (9, 7), (7, 33), (16, 4096 + 21), (40, 300), (97, 4096 + 3),

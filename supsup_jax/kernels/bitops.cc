@@ -12,7 +12,7 @@
 //                   and + add per 8 weights.
 //   (neither):      portable C++: the same table as 0/1 floats and a multiply-add over 8 lanes,
 //                   which compilers vectorise on their own (SSE2, NEON, ...); no intrinsics.
-// Matvec from 512 rows on AVX2 and 64 on portable: tables of partial sums per byte (MatvecTable).
+// Matvec from 512 rows on AVX2 and 16 on portable: tables of partial sums per byte (MatvecTable).
 // Vecmat: rows streamed into L1 accumulators per column block. Rows or column blocks are split
 // across threads. The portable routines also handle every variant's tails.
 #include <algorithm>
@@ -154,23 +154,47 @@ constexpr int kFirstByteShift = 56, kByteStep = -8;  // byte q of a loaded uint6
 #else
 constexpr int kFirstByteShift = 0, kByteStep = 8;
 #endif
-constexpr int64_t kTab = 64;  // 64 KiB of tables, in L1/L2 (measured against 16 .. 1024)
+constexpr int64_t kTab = 32;  // 32 KiB of tables, in L1 (measured against 16 .. 1024)
 
-// sums[j][16 h + l] = low[l] + high[h]: two 16-entry nibble tables (by doubling), then a
-// 16 x 16 outer sum that vectorises.
+// sums[j][16 h + l] = low[l] + high[h]: each nibble table is the outer sum of two tables of bit
+// pairs, then a 16 x 16 outer sum. GCC and clang get it as 4-float vectors (the generic vector
+// extension: SSE2, NEON, ... as the build allows; no intrinsics), kept in registers.
+#if defined(__GNUC__)
+typedef float F4 __attribute__((vector_size(16)));
 void BuildSums(const float* v, int64_t len, float (*sums)[256]) {
   for (int64_t j = 0; j < len; ++j) {
+    const float* x = v + 8 * j;
+    const F4 p0 = {0.f, x[0], x[1], x[0] + x[1]}, p2 = {0.f, x[4], x[5], x[4] + x[5]};
+    const F4 low[4] = {p0, p0 + x[2], p0 + x[3], p0 + (x[2] + x[3])};
+    const F4 hi4[4] = {p2, p2 + x[6], p2 + x[7], p2 + (x[6] + x[7])};
+    float high[16];
+    std::memcpy(high, hi4, sizeof high);
+    for (int h = 0; h < 16; ++h) {
+      const F4 hv = F4{} + high[h];
+      for (int m = 0; m < 4; ++m) {
+        const F4 s = low[m] + hv;
+        std::memcpy(&sums[j][16 * h + 4 * m], &s, sizeof s);
+      }
+    }
+  }
+}
+#else
+void BuildSums(const float* v, int64_t len, float (*sums)[256]) {
+  for (int64_t j = 0; j < len; ++j) {
+    const float* x = v + 8 * j;
+    const float p0[4] = {0.f, x[0], x[1], x[0] + x[1]}, p1[4] = {0.f, x[2], x[3], x[2] + x[3]};
+    const float p2[4] = {0.f, x[4], x[5], x[4] + x[5]}, p3[4] = {0.f, x[6], x[7], x[6] + x[7]};
     float low[16], high[16];
-    low[0] = high[0] = 0.f;
-    for (int q = 0; q < 4; ++q)
-      for (int c = 0; c < (1 << q); ++c) {
-        low[(1 << q) + c] = low[c] + v[8 * j + q];
-        high[(1 << q) + c] = high[c] + v[8 * j + 4 + q];
+    for (int m = 0; m < 4; ++m)
+      for (int l = 0; l < 4; ++l) {
+        low[4 * m + l] = p0[l] + p1[m];
+        high[4 * m + l] = p2[l] + p3[m];
       }
     for (int h = 0; h < 16; ++h)
       for (int l = 0; l < 16; ++l) sums[j][16 * h + l] = low[l] + high[h];
   }
 }
+#endif
 
 // part[i] += <row idx[i], v> over bytes [c0, c1) (a multiple of kTab, or nb), for i < n.
 // Threads split the columns, so each builds only its own tables.
@@ -224,7 +248,7 @@ constexpr int64_t kTableRows = INT64_MAX;
 #elif defined(SUPSUP_AVX2)
 constexpr int64_t kTableRows = 512;
 #else
-constexpr int64_t kTableRows = 64;
+constexpr int64_t kTableRows = 16;
 #endif
 
 int64_t TableRows() {
