@@ -104,6 +104,31 @@ def test_binary_rounds_shrinking_candidates(impl):
         alive = np.isin(np.arange(600), keep)
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+def test_uniform_superposition_counts(impl):
+    # Equal weights on the selected rows take the counting path (16-bit counters, flushed to
+    # floats every 65528 rows): random bits with tails, a subset of rows, and more set bits per
+    # weight than a 16-bit counter holds.
+    _skip_unsupported(impl)
+    _, vecmat = _products(impl)
+    vecmat = jax.jit(vecmat)
+    rtol = 1e-5 if impl == "xla" else 1e-6  # the kernels round once per weight, the twin per row
+    for k, nb in ((9, 7), (97, 4096 + 3), (600, 130)):  # 600: past 248 rows of 8-bit counters
+        bits, dense, _, _ = _data(k, nb, seed=k)
+        alive = np.random.default_rng(k).random(k) < 0.6
+        alpha = (alive / alive.sum()).astype(np.float32)
+        np.testing.assert_allclose(np.asarray(vecmat(jnp.asarray(alpha), jnp.asarray(bits))),
+                                   alpha @ dense, rtol=rtol, atol=1e-7)
+    k = 65537
+    bits = np.full((k, 3), 0xFF, np.uint8)
+    bits[-1, 1] = 0x0F  # the last row, past the first flush: half of one byte
+    alpha = np.full(k, 2.0 ** -16, np.float32)  # k * alpha = 1 + 2^-16, exact in float32
+    want = np.full(24, k * 2.0 ** -16)
+    want[12:16] -= 2.0 ** -16
+    np.testing.assert_array_equal(np.asarray(vecmat(jnp.asarray(alpha), jnp.asarray(bits))),
+                                  want)
+
+
 def test_xla_twin_is_tiling_independent(monkeypatch):
     bits, dense, v, alpha = _data(9, 50)
     monkeypatch.setattr(kernels, "TILE_BYTES", 64)  # tiles of one task
@@ -146,7 +171,8 @@ def test_best_supported_variant_is_built_and_named():
 
 
 def test_variant_choice_follows_cpu_flags(monkeypatch):
-    for flags, best in (({"avx512f", "avx2", "fma"}, "avx512"), ({"avx2", "fma"}, "avx2"),
+    for flags, best in (({"avx512f", "avx512bw", "avx2", "fma"}, "avx512"),
+                        ({"avx512f", "avx2", "fma"}, "avx2"), ({"avx2", "fma"}, "avx2"),
                         ({"sse2"}, "portable"), (set(), "portable")):
         monkeypatch.setattr(kernels, "cpu_flags", lambda f=frozenset(flags): f)
         expected = best if kernels._is_x86() else "portable"

@@ -7,13 +7,15 @@
 //
 // One source, three instruction-set variants, chosen by the macro the build defines
 // (supsup_jax/kernels/__init__.py builds each with its own flags, never -march=native):
-//   SUPSUP_AVX512:  16 bits of a row are directly a lane mask; one masked add per 16 weights.
+//   SUPSUP_AVX512:  16 bits of a row are directly a lane mask; one masked add per 16 weights
+//                   (AVX-512 F and BW: 32 16-bit counters per masked add when counting).
 //   SUPSUP_AVX2:    a byte indexes a 256-entry table of 8-lane masks (8 KiB, stays in L1);
 //                   and + add per 8 weights.
 //   (neither):      portable C++: the same table as 0/1 floats and a multiply-add over 8 lanes,
 //                   which compilers vectorise on their own (SSE2, NEON, ...); no intrinsics.
 // Matvec from 512 rows on AVX2 and 16 on portable: tables of partial sums per byte (MatvecTable).
-// Vecmat: rows streamed into L1 accumulators per column block. Rows or column blocks are split
+// Vecmat: with equal weights (uniform alpha) an exact 16-bit count per weight (CountBlock), else
+// rows streamed into L1 float accumulators per column block. Rows or column blocks are split
 // across threads. The portable routines also handle every variant's tails.
 #include <algorithm>
 #include <cstdint>
@@ -349,6 +351,132 @@ void AccumulateRows(const uint8_t* const* rows, const float* a, int64_t len, flo
   }
 }
 
+// Vecmat with one weight for every selected row (uniform alpha: One-Shot's superposition, each
+// Binary round): out[j] = alpha * (how many rows have bit j set), the count exact in 16-bit
+// lanes. A row-byte is one 8-lane add of its entry in a table of bytes as 8 counts (4 KiB), a
+// third of the float path's work and one rounding per output instead of one per row.
+constexpr int64_t kCountCols = 512;  // bytes of a row per column block: 8 KiB of counters
+constexpr int64_t kMaxCount = 65528;  // rows counted (a multiple of 8) before a flush to floats
+
+struct CountTable {
+  alignas(16) uint16_t c[256][8] = {};
+  constexpr CountTable() {
+    for (int b = 0; b < 256; ++b)
+      for (int q = 0; q < 8; ++q) c[b][q] = static_cast<uint16_t>((b >> q) & 1);
+  }
+};
+constexpr CountTable kCountTable{};
+
+#if defined(__GNUC__)
+typedef uint16_t U8x16 __attribute__((vector_size(16)));  // 8 lanes of uint16
+#endif
+
+// cnt[0 .. len) += counts of R rows' bytes [0, len): the counters are loaded and stored once
+// per R rows.
+template <int R>
+inline void CountRows(const uint8_t* const* rows, int64_t len, uint16_t (*cnt)[8]) {
+  int64_t j = 0;
+#if defined(SUPSUP_AVX512)
+  // 32 bits of a row are directly the lane mask of 32 counters: one masked add per 4 bytes.
+  const __m512i one = _mm512_set1_epi16(1);
+  for (; j + 4 <= len; j += 4) {
+    __m512i c = _mm512_loadu_si512(cnt[j]);
+    for (int r = 0; r < R; ++r) {
+      uint32_t m;
+      std::memcpy(&m, rows[r] + j, 4);
+      c = _mm512_mask_add_epi16(c, _cvtu32_mask32(m), c, one);
+    }
+    _mm512_storeu_si512(cnt[j], c);
+  }
+#endif
+#if defined(__GNUC__)
+  for (; j < len; ++j) {
+    U8x16 c, t;
+    std::memcpy(&c, cnt[j], sizeof c);
+    for (int r = 0; r < R; ++r) {
+      std::memcpy(&t, kCountTable.c[rows[r][j]], sizeof t);
+      c += t;
+    }
+    std::memcpy(cnt[j], &c, sizeof c);
+  }
+#else
+  for (; j < len; ++j)
+    for (int r = 0; r < R; ++r)
+      for (int q = 0; q < 8; ++q) cnt[j][q] += kCountTable.c[rows[r][j]][q];
+#endif
+}
+
+#if defined(SUPSUP_AVX2)
+// AVX2 counts in 8-bit lanes first, 32 weights per add: 4 bytes of a row become 32 bytes of
+// 0 / -1 (broadcast, a byte shuffle, and + compare with each lane's bit), then subtracted.
+constexpr int64_t kSmallRows = 248;  // rows an 8-bit counter takes before it is widened
+
+inline __m256i ExpandBits32(const uint8_t* p) {
+  int32_t w;
+  std::memcpy(&w, p, 4);
+  // Both 128-bit lanes hold the word; the low lane spreads bytes 0, 1, the high one 2, 3.
+  const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                          2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+  const __m256i bit = _mm256_set1_epi64x(static_cast<int64_t>(0x8040201008040201ULL));
+  const __m256i x = _mm256_shuffle_epi8(_mm256_set1_epi32(w), spread);
+  return _mm256_cmpeq_epi8(_mm256_and_si256(x, bit), bit);
+}
+
+// c8[0 .. 8 len) += bits of R rows' bytes [0, len).
+template <int R>
+inline void CountRowsSmall(const uint8_t* const* rows, int64_t len, uint8_t* c8) {
+  int64_t j = 0;
+  for (; j + 4 <= len; j += 4) {
+    __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c8 + 8 * j));
+    for (int r = 0; r < R; ++r) c = _mm256_sub_epi8(c, ExpandBits32(rows[r] + j));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(c8 + 8 * j), c);
+  }
+  for (; j < len; ++j)
+    for (int r = 0; r < R; ++r)
+      for (int q = 0; q < 8; ++q) c8[8 * j + q] += (rows[r][j] >> q) & 1;
+}
+#endif
+
+void CountBlock(const uint8_t* b, int64_t nb, const int64_t* idx, int64_t n, float alpha,
+                int64_t j0, int64_t len, float* out) {
+  constexpr int R = 8;
+  alignas(64) uint16_t cnt[kCountCols][8];
+  const uint8_t* rows[R];
+  std::memset(out, 0, sizeof(float) * 8 * len);
+  for (int64_t i0 = 0; i0 < n; i0 += kMaxCount) {
+    std::memset(cnt, 0, sizeof(cnt[0]) * len);
+    const int64_t i1 = std::min(n, i0 + kMaxCount);
+    int64_t i = i0;
+#if defined(SUPSUP_AVX2)
+    alignas(64) uint8_t c8[kCountCols * 8];
+    while (i < i1) {
+      const int64_t s1 = std::min(i1, i + kSmallRows);
+      std::memset(c8, 0, 8 * len);
+      for (; i + R <= s1; i += R) {
+        for (int r = 0; r < R; ++r) rows[r] = b + idx[i + r] * nb + j0;
+        CountRowsSmall<R>(rows, len, c8);
+      }
+      for (; i < s1; ++i) {
+        rows[0] = b + idx[i] * nb + j0;
+        CountRowsSmall<1>(rows, len, c8);
+      }
+      for (int64_t j = 0; j < 8 * len; ++j) cnt[j / 8][j % 8] += c8[j];
+    }
+#else
+    for (; i + R <= i1; i += R) {
+      for (int r = 0; r < R; ++r) rows[r] = b + idx[i + r] * nb + j0;
+      CountRows<R>(rows, len, cnt);
+    }
+    for (; i < i1; ++i) {
+      rows[0] = b + idx[i] * nb + j0;
+      CountRows<1>(rows, len, cnt);
+    }
+#endif
+    for (int64_t j = 0; j < len; ++j)
+      for (int q = 0; q < 8; ++q) out[8 * j + q] += alpha * static_cast<float>(cnt[j][q]);
+  }
+}
+
 ffi::Error VecmatImpl(ffi::Buffer<ffi::F32> alpha, ffi::Buffer<ffi::U8> bits,
                       ffi::ResultBuffer<ffi::F32> out) {
   auto dims = bits.dimensions();
@@ -363,6 +491,19 @@ ffi::Error VecmatImpl(ffi::Buffer<ffi::F32> alpha, ffi::Buffer<ffi::U8> bits,
   for (int64_t i = 0; i < k; ++i)
     if (a[i] != 0.f) idx.push_back(i);
   const int64_t n = static_cast<int64_t>(idx.size());
+  bool equal = n > 0;
+  for (int64_t i = 1; i < n && equal; ++i) equal = a[idx[i]] == a[idx[0]];
+  if (equal) {
+    const int64_t blocks = (nb + kCountCols - 1) / kCountCols;
+    ParallelFor(blocks, NumThreads(n * nb), [&](int64_t lo, int64_t hi) {
+      for (int64_t c = lo; c < hi; ++c) {
+        const int64_t j0 = kCountCols * c;
+        CountBlock(b, nb, idx.data(), n, a[idx[0]], j0, std::min(kCountCols, nb - j0),
+                   o + 8 * j0);
+      }
+    });
+    return ffi::Error::Success();
+  }
   const int64_t blocks = (nb + kCols - 1) / kCols;
   ParallelFor(blocks, NumThreads(n * nb), [&](int64_t lo, int64_t hi) {
     constexpr int R = 4;
@@ -397,7 +538,8 @@ __attribute__((target("arch=x86-64")))
 extern "C" int SupsupBitsVariantSupported() {
 #if defined(SUPSUP_AVX512)
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2");
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx2");
 #elif defined(SUPSUP_AVX2)
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx2");
