@@ -352,9 +352,10 @@ void AccumulateRows(const uint8_t* const* rows, const float* a, int64_t len, flo
 }
 
 // Vecmat with one weight for every selected row (uniform alpha: One-Shot's superposition, each
-// Binary round): out[j] = alpha * (how many rows have bit j set), the count exact in 16-bit
-// lanes. A row-byte is one 8-lane add of its entry in a table of bytes as 8 counts (4 KiB), a
-// third of the float path's work and one rounding per output instead of one per row.
+// Binary round): out[j] = alpha * (how many rows have bit j set), the count exact in integers
+// and one rounding per output instead of one per row. Portable: a row-byte is one 8-lane add
+// of its entry in a table of bytes as 8 counts (4 KiB); AVX-512 and AVX2: 32 counters per
+// instruction (below).
 constexpr int64_t kCountCols = 512;  // bytes of a row per column block: 8 KiB of counters
 constexpr int64_t kMaxCount = 65528;  // rows counted (a multiple of 8) before a flush to floats
 
@@ -368,7 +369,7 @@ struct CountTable {
 constexpr CountTable kCountTable{};
 
 #if defined(__GNUC__)
-typedef uint16_t U8x16 __attribute__((vector_size(16)));  // 8 lanes of uint16
+typedef uint16_t U16x8 __attribute__((vector_size(16)));
 #endif
 
 // cnt[0 .. len) += counts of R rows' bytes [0, len): the counters are loaded and stored once
@@ -391,7 +392,7 @@ inline void CountRows(const uint8_t* const* rows, int64_t len, uint16_t (*cnt)[8
 #endif
 #if defined(__GNUC__)
   for (; j < len; ++j) {
-    U8x16 c, t;
+    U16x8 c, t;
     std::memcpy(&c, cnt[j], sizeof c);
     for (int r = 0; r < R; ++r) {
       std::memcpy(&t, kCountTable.c[rows[r][j]], sizeof t);
