@@ -35,6 +35,7 @@ __all__ = [
     "ACCURACY_CSV",
     "atomic_write",
     "evaluated_rows",
+    "float_matrix",
     "format_table",
     "jsonable",
     "load_results",
@@ -123,15 +124,68 @@ def matrix(results: Mapping[str, Any], key: str) -> np.ndarray | None:
         out = np.array(value, dtype=np.float64)
     else:
         n = len(value)
-        out = np.full((n, n), np.nan)
-        for t, row in enumerate(value):
-            if row is None:
-                continue
-            if len(row) != n:
+        rows = [_expand_row(r, n, f"{key} row {t}") if isinstance(r, Mapping) else r
+                for t, r in enumerate(value)]  # sparse rows as written to the file
+        for t, row in enumerate(rows):
+            if row is not None and len(row) != n:
                 raise ValueError(f"{key} row {t} has {len(row)} entries, expected {n}")
-            out[t] = [np.nan if v is None else float(v) for v in row]
+        out = float_matrix(rows, n)
     if out.ndim != 2 or out.shape[0] != out.shape[1]:
         raise ValueError(f"{key} must be a square matrix, got shape {out.shape}")
+    return out
+
+
+def float_matrix(rows: Sequence[Any], n: int | None = None) -> np.ndarray:
+    """Rows of numbers and None (a row may be None) as float64 ``[len(rows), n]`` (default
+    ``n = len(rows)``) with NaN where undefined. A row whose one defined cell is its diagonal,
+    as a long run measures after every task, costs a count instead of a pass in Python."""
+    n = len(rows) if n is None else n
+    out = np.full((len(rows), n), np.nan)
+    for t, row in enumerate(rows):
+        if row is None:
+            continue
+        missing = row.count(None) if isinstance(row, list) else 0
+        if missing == len(row):
+            continue
+        if missing == len(row) - 1 and t < len(row) and row[t] is not None:
+            out[t, t] = row[t]
+        else:
+            out[t, : len(row)] = np.array(row, dtype=np.float64)  # None -> NaN
+    return out
+
+
+def _expand_row(row: Mapping[str, Any], n: int, where: str) -> list:
+    """A sparse row ``{"i": value}`` as a list of ``n`` cells (None where not given)."""
+    out: list = [None] * n
+    for i, v in row.items():
+        if not (isinstance(i, str) and i.isdigit() and int(i) < n):
+            raise ValueError(f"{where} has a cell {i!r}, expected indices below {n}")
+        out[int(i)] = v
+    return out
+
+
+def _compact_rows(m: Any, key: str) -> list | None:
+    """A matrix (rows of numbers/None/NaN, or an array) as the file stores it: ``null`` for a
+    row with no defined cell, ``{"i": value}`` for one with under 1/8 of its cells defined (the
+    diagonal entry a run measures after every task), else the row with ``null`` for undefined
+    cells. Linear in the cells, in numpy: a 2500-task run rewrites it after every task."""
+    if m is None:
+        return None
+    rows = list(m)
+    try:
+        a = float_matrix(rows)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{key} must be a square matrix of numbers (None where not "
+                         f"evaluated): {e}") from None
+    defined = np.isfinite(a)  # NaN and inf are "not defined", as jsonable makes them
+    out: list = []
+    for t, count in enumerate(defined.sum(axis=1)):
+        if count == 0:
+            out.append(None)
+        elif 8 * count < a.shape[1]:
+            out.append({str(int(i)): float(a[t, i]) for i in np.flatnonzero(defined[t])})
+        else:
+            out.append([float(v) if d else None for v, d in zip(a[t], defined[t], strict=True)])
     return out
 
 
@@ -171,21 +225,15 @@ def _csv_text(results: Mapping[str, Any]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(CSV_HEADER)
-    for t in evaluated_rows(results, complete=False):
-        for i in range(t + 1):
-            cells = [_cell(m, t, i) for m in mats]
-            if any(cells):
-                writer.writerow([t + 1, i, *cells])
+    defined = None
+    for m in mats:
+        if m is not None:
+            here = np.tril(~np.isnan(m))
+            defined = here if defined is None else defined | here
+    if defined is not None:
+        for t, i in zip(*np.nonzero(defined), strict=True):  # row-major: t, then i
+            writer.writerow([int(t) + 1, int(i), *(_cell(m, t, i) for m in mats)])
     return buf.getvalue()
-
-
-def _collapse_unevaluated_rows(data: dict[str, Any]) -> dict[str, Any]:
-    out = dict(data)
-    for key in MATRIX_KEYS:
-        if isinstance(out.get(key), list):
-            out[key] = [None if row is None or all(v is None for v in row) else row
-                        for row in out[key]]
-    return out
 
 
 def _dumps(data: dict[str, Any]) -> str:
@@ -214,8 +262,9 @@ def write_results(workdir: PathLike, results: Mapping[str, Any]) -> pathlib.Path
     ``backward_transfer``, ``forgetting``, ``bytes_per_task``, ``wall_time_per_task``,
     ``masks_allocated``. Only the matrices are interpreted here; other keys are stored as given
     (NaN as ``null``, arrays as lists). A matrix row with no defined cell (not evaluated) is
-    stored as a single ``null``, and each row takes one line, so that a 2500-task run with a few
-    checkpoints stays small.
+    stored as a single ``null``, one with under 1/8 of its cells defined as ``{"i": value}``
+    (:func:`load_results` expands it again), and each row takes one line, so that a 2500-task
+    run with a few checkpoints stays small and quick to rewrite after every task.
 
     Returns:
         The path of ``results.json``.
@@ -225,7 +274,11 @@ def write_results(workdir: PathLike, results: Mapping[str, Any]) -> pathlib.Path
     """
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    data = _collapse_unevaluated_rows(jsonable(results))
+    data = jsonable({k: v for k, v in results.items() if k not in MATRIX_KEYS})
+    for key in MATRIX_KEYS:
+        if key in results:
+            data[key] = _compact_rows(results[key], key)
+    data = {k: data[k] for k in results}  # the caller's key order
     text = _dumps(data)
     csv_text = _csv_text(data)
     out = workdir / RESULTS_FILE
@@ -257,6 +310,11 @@ def load_results(workdir_or_file: PathLike) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"corrupt results file {path}: top level is a {type(data).__name__}, "
                          "expected an object")
+    for key in MATRIX_KEYS:
+        rows = data.get(key)
+        if isinstance(rows, list):
+            data[key] = [_expand_row(r, len(rows), f"corrupt results file {path}: {key} row {t}")
+                         if isinstance(r, dict) else r for t, r in enumerate(rows)]
     return data
 
 

@@ -247,3 +247,44 @@ def test_chance_level_of_runs_written_before_the_field():
     assert plots.chance_level({"config": {"stream": "split_mnist"}}) == 0.5
     assert plots.chance_level({"config": {"stream": "permuted", "dataset": "cifar10x"}}) is None
     assert plots.chance_level({"classes_per_task": 4, "config": {}}) == 0.25
+
+
+def test_long_runs_store_their_diagonal_rows_sparsely(tmp_path):
+    # A 2500-task run measures only the new task after most tasks: such rows are stored as
+    # {"i": value} (linear in the tasks), and come back as full rows.
+    n = 40
+    acc = [[None] * n for _ in range(n)]
+    for t in range(n):
+        acc[t][t] = 0.5 + t / 100
+    acc[19][:20] = [0.25] * 20  # a checkpoint row, dense
+    acc[n - 1] = [0.75] * n
+    r = _gnu_results()
+    r.update(num_tasks=n, accuracy_matrix=acc, inferred_accuracy_matrix=None,
+             task_inference_matrix=None)
+    path = results_lib.write_results(tmp_path, r)
+    text = path.read_text()
+    assert '\n    {"3": 0.53},\n' in text and "\n    [0.25, 0.25," in text
+    loaded = results_lib.load_results(tmp_path)
+    assert loaded["accuracy_matrix"] == acc
+    np.testing.assert_array_equal(results_lib.matrix(loaded, "accuracy_matrix"),
+                                  np.array(acc, dtype=float))
+    lines = (tmp_path / "accuracy.csv").read_text().splitlines()[1:]
+    assert len(lines) == n - 2 + 20 + n  # defined cells only: diagonal + two full rows
+    assert lines[3].startswith("4,3,0.53,")
+    bad = json.loads(text)
+    bad["accuracy_matrix"][3] = {"x": 1.0}
+    path.write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match=r"corrupt results file .*accuracy_matrix row 3"):
+        results_lib.load_results(tmp_path)
+
+
+def test_checkpoint_rows_pack_the_new_task_alone():
+    from supsup_jax.runner import record
+
+    rows = {"0": {"gg": [0.5]}, "3": {"gg": [None, None, None, 0.7], "inferred": [None] * 4},
+            "4": {"gg": [0.1, 0.2, None, 0.4, 0.5]}}
+    packed = record.pack_rows(rows)
+    assert packed["3"]["gg"] == {"new": 0.7} and packed["4"] == rows["4"]
+    assert packed["0"] == rows["0"] and packed["3"]["inferred"] == [None] * 4
+    assert record.unpack_rows(json.loads(json.dumps(packed))) == rows
+    assert record.unpack_rows(rows) == rows  # checkpoints written before packing

@@ -86,7 +86,8 @@ def run_tasks(config, workdir, stream, learner, ckpts):
     right_after: list[float] = []  # GG accuracy of each task right after learning it
     if meta is not None:
         state = restored
-        rows, wall, right_after = meta["rows"], meta["wall"], meta["right_after"]
+        rows, wall, right_after = (record.unpack_rows(meta["rows"]), meta["wall"],
+                                   meta["right_after"])
     points = eval_points(config)
     progress = Progress(config.quiet, num, start, workdir, tensorboard=config.tensorboard,
                         config=config)
@@ -103,8 +104,8 @@ def run_tasks(config, workdir, stream, learner, ckpts):
             rows[str(t)] = row
             right_after.append(row["gg"][t])
             wall.append(time.perf_counter() - t0)
-            meta = {"config": record.comparable(config), "rows": rows, "wall": wall,
-                    "right_after": right_after}
+            meta = {"config": record.comparable(config), "rows": record.pack_rows(rows),
+                    "wall": wall, "right_after": right_after}
             ckpts.save(t + 1, learner.saved(state), meta)
             res = record.results_dict(config, rows, wall,
                                       learner.bytes_per_task(state, t + 1), None, **origin)
@@ -157,7 +158,7 @@ def run_nns(config, workdir, stream, trainer, ckpts):
     if meta is not None:
         learned = nns.NNsState(state["bank"], tuple(state["states"]), tuple(meta["steps"]),
                                tuple(meta["decisions"]))
-        rows = meta["rows"]
+        rows = record.unpack_rows(meta["rows"])
         # Checkpoints from before the continuous stream: step = tasks done, one slot per block.
         done = meta.get("blocks", start * -(-steps // every))
         wall[:len(meta["wall"])] = meta["wall"]
@@ -204,7 +205,8 @@ def run_nns(config, workdir, stream, trainer, ckpts):
             if not _piece_ends(schedule, b):
                 continue  # the block only continues a piece: no checkpoint
             seen = max(t for t in range(num) if trained[t]) + 1
-            meta = {"config": record.comparable(config), "rows": rows, "wall": wall[:seen],
+            meta = {"config": record.comparable(config), "rows": record.pack_rows(rows),
+                    "wall": wall[:seen],
                     "usage": usage[:seen], "num_masks": learned.num_masks,
                     "steps": list(learned.steps), "decisions": list(learned.decisions),
                     "blocks": b + 1}
