@@ -147,7 +147,11 @@ def float_matrix(rows: Sequence[Any], n: int | None = None) -> np.ndarray:
         missing = row.count(None) if isinstance(row, list) else 0
         if missing == len(row):
             continue
-        if missing == len(row) - 1 and t < len(row) and row[t] is not None:
+        one = missing == len(row) - 1 and t < len(row) and row[t] is not None
+        cells = [row[t]] if one else [v for v in row if v is not None]
+        if not all(isinstance(v, (int, float, np.integer, np.floating)) for v in cells):
+            raise TypeError(f"row {t} holds something other than numbers and None")
+        if one:
             out[t, t] = row[t]
         else:
             out[t, : len(row)] = np.array(row, dtype=np.float64)  # None -> NaN
@@ -173,6 +177,8 @@ def _compact_rows(m: Any, key: str) -> list | None:
         return None
     rows = list(m)
     try:
+        if any(r is not None and len(r) != len(rows) for r in rows):
+            raise ValueError(f"a row's length is not {len(rows)}")
         a = float_matrix(rows)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{key} must be a square matrix of numbers (None where not "

@@ -84,6 +84,9 @@ def test_bad_requests_are_named(source, tmp_path):
         reevaluate(other, src, tmp_path / "a")
     with pytest.raises(ConfigError, match="overwrite its source"):
         reevaluate(_config(), src, src)
+    shutil.copytree(src, tmp_path / "trained")
+    with pytest.raises(ConfigError, match="holds a training run"):
+        reevaluate(_config(), src, tmp_path / "trained")
     gg = _config()
     gg.scenario = "GG"
     with pytest.raises(ConfigError, match="scenario 'GG'"):

@@ -288,3 +288,16 @@ def test_checkpoint_rows_pack_the_new_task_alone():
     assert packed["0"] == rows["0"] and packed["3"]["inferred"] == [None] * 4
     assert record.unpack_rows(json.loads(json.dumps(packed))) == rows
     assert record.unpack_rows(rows) == rows  # checkpoints written before packing
+
+
+@pytest.mark.parametrize("bad,match", [
+    ([[0.5, None], [0.1, 0.2], [0.3]], "square matrix"),  # ragged
+    (np.ones((4, 3)), "square matrix"),
+    ([[0.5, None], ["0.2", 0.2]], "square matrix"),  # a string is no accuracy
+])
+def test_malformed_matrices_are_refused(tmp_path, bad, match):
+    r = _gnu_results()
+    r["accuracy_matrix"] = bad
+    with pytest.raises(ValueError, match=match):
+        results_lib.write_results(tmp_path, r)
+    assert not (tmp_path / "results.json").exists()

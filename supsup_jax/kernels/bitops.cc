@@ -18,6 +18,7 @@
 // rows streamed into L1 float accumulators per column block. Rows or column blocks are split
 // across threads. The portable routines also handle every variant's tails.
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -270,6 +271,10 @@ ffi::Error MatvecImpl(ffi::Buffer<ffi::U8> bits, ffi::Buffer<ffi::F32> v,
   const uint8_t* b = bits.typed_data();
   const float* x = v.typed_data();
   float* o = out->typed_data();
+  if (nb == 0) {  // no weights: every product is 0
+    std::fill(o, o + k, 0.f);
+    return ffi::Error::Success();
+  }
   std::vector<int64_t> idx;
   for (int64_t i = 0; i < k; ++i) {
     o[i] = 0.f;
@@ -353,7 +358,7 @@ void AccumulateRows(const uint8_t* const* rows, const float* a, int64_t len, flo
 
 // Vecmat with one weight for every selected row (uniform alpha: One-Shot's superposition, each
 // Binary round): out[j] = alpha * (how many rows have bit j set), the count exact in integers
-// and one rounding per output instead of one per row. Portable: a row-byte is one 8-lane add
+// and one rounding per output (per 65528 rows) instead of one per row. Portable: a row-byte is one 8-lane add
 // of its entry in a table of bytes as 8 counts (4 KiB); AVX-512 and AVX2: 32 counters per
 // instruction (below).
 constexpr int64_t kCountCols = 512;  // bytes of a row per column block: 8 KiB of counters
@@ -492,7 +497,8 @@ ffi::Error VecmatImpl(ffi::Buffer<ffi::F32> alpha, ffi::Buffer<ffi::U8> bits,
   for (int64_t i = 0; i < k; ++i)
     if (a[i] != 0.f) idx.push_back(i);
   const int64_t n = static_cast<int64_t>(idx.size());
-  bool equal = n > 0;
+  // Counting needs a finite alpha: 0 * inf would put NaN where no row has the bit.
+  bool equal = n > 0 && std::isfinite(a[idx[0]]);
   for (int64_t i = 1; i < n && equal; ++i) equal = a[idx[i]] == a[idx[0]];
   if (equal) {
     const int64_t blocks = (nb + kCountCols - 1) / kCountCols;

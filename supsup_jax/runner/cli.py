@@ -134,7 +134,8 @@ def help_text() -> str:
              "                            a multi-process (jax.distributed) run",
              "  --reevaluate=SOURCE       evaluate the SupSup GNu/GNs run in SOURCE with this",
              "                            config's inference (fields inference, eval_at,",
-             "                            test_batch_size, max_eval_examples), no training",
+             "                            test_batch_size, max_eval_examples, name), no",
+             "                            training",
              "  --verbosity=1             tracebacks for user errors too", "",
              "configs (experiments/configs/; the variants tiny and fashion apply to all):"]
     package = configs_package()

@@ -155,12 +155,12 @@ def pack_rows(rows: dict) -> dict:
     """``rows`` for a checkpoint's meta: a row's list that holds only its last entry (the new
     task, as measured after every task) as ``{"new": value}``, so that a 2500-task run's meta
     stays linear in the tasks instead of quadratic. :func:`unpack_rows` reverses it."""
-    def one(v):
-        only_new = (isinstance(v, list) and len(v) > 1 and v[-1] is not None
+    def one(t, v):
+        only_new = (isinstance(v, list) and len(v) == int(t) + 1 > 1 and v[-1] is not None
                     and v.count(None) == len(v) - 1)
         return {"new": v[-1]} if only_new else v
 
-    return {t: {k: one(v) for k, v in r.items()} for t, r in rows.items()}
+    return {t: {k: one(t, v) for k, v in r.items()} for t, r in rows.items()}
 
 
 def unpack_rows(rows: dict) -> dict:

@@ -6,13 +6,15 @@ evaluated with ``config``: the same rows as :func:`supsup_jax.runner.tasks.run_t
 learned task at each evaluation point, else the new task alone) for the tasks ``source`` has
 finished. Row ``t`` uses the bank cut to its first ``t + 1`` masks: in GNu and GNs a task's mask
 never changes once learned, so that is the bank the run held after task ``t``. The evaluation
-keys are the run's own (:mod:`supsup_jax.runner.keys`), so with ``source``'s own config the rows
-equal ``source``'s.
+keys are the run's own (:mod:`supsup_jax.runner.keys`), so with ``source``'s own config and the
+same code the rows equal ``source``'s (the bank's kernels may round differently in another
+version, which can flip a near-tie).
 
 ``config`` must be ``source``'s config up to :data:`EVALUATION_FIELDS` (e.g. a 2500-task run
 with One-Shot H re-evaluated with ``inference.objective="g"``). ``source`` is locked while it is
-read: a run still training there is an error. Finished rows are kept in
-``workdir/reevaluation.json``, so an interrupted re-evaluation resumes after its last row.
+read: a run still training there is an error. The rows finished at each evaluation point are
+kept in ``workdir/reevaluation.json``, so an interrupted re-evaluation resumes from the last
+one. ``workdir`` may not hold a training run.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pathlib
 import time
 
 import jax.numpy as jnp
@@ -58,14 +61,13 @@ def _saved_rows(workdir: str, fingerprint: dict) -> dict:
         raise CheckpointError(
             f"{path} holds a re-evaluation of another run or config ({saved.get('fingerprint')}"
             f" vs {fingerprint}); use another workdir or delete that file")
-    return saved["rows"]
+    return record.unpack_rows(saved["rows"])
 
 
 def _save_rows(workdir: str, fingerprint: dict, rows: dict) -> None:
-    path = os.path.join(workdir, ROWS_FILE)
-    with open(path + ".tmp", "w") as f:
-        json.dump({"fingerprint": fingerprint, "rows": rows}, f)
-    os.replace(path + ".tmp", path)
+    if distributed.is_primary():
+        text = json.dumps({"fingerprint": fingerprint, "rows": record.pack_rows(rows)})
+        results.atomic_write(pathlib.Path(workdir, ROWS_FILE), lambda f: f.write(text))
 
 
 def reevaluate(config, source: str | os.PathLike, workdir: str | os.PathLike) -> dict:
@@ -91,11 +93,17 @@ def reevaluate(config, source: str | os.PathLike, workdir: str | os.PathLike) ->
                           "another workdir")
     if not os.path.isdir(os.path.join(source, "checkpoints")):
         raise CheckpointError(f"{source} holds no run (no checkpoints/ folder)")
+    if os.path.isdir(os.path.join(workdir, "checkpoints")):
+        raise ConfigError(f"{workdir} holds a training run, whose results the re-evaluation "
+                          "would overwrite: give another workdir")
     stream = build.make_stream(config)
     validate.check_against_stream(config, stream)
     trainer = build.build_trainer(config, stream, build.build_network(config, stream))
     learner = learners.SupSupLearner(config, stream, trainer)
-    ckpts = RunCheckpoints(source)
+    try:
+        ckpts = RunCheckpoints(source)
+    except OSError as e:  # e.g. a read-only source: its lock cannot be taken
+        raise CheckpointError(f"cannot open the run in {source}: {e}") from None
     try:
         check = lambda meta: record.check_resumable(_as_source(meta["config"], config), config,
                                                     source)
