@@ -141,8 +141,9 @@ def reevaluate(config, source: str | os.PathLike, workdir: str | os.PathLike) ->
             _save_rows(workdir, fingerprint, rows)
             if not config.quiet:
                 inf = rows[str(t)]["inferred"]
-                mean = sum(inf) / len(inf) if None not in inf else inf[t]
-                print(f"re-evaluated after {t + 1} tasks: {config.scenario} {mean:.4f} "
+                what = (f"{config.scenario} over learned {sum(inf) / len(inf):.4f}"
+                        if None not in inf else f"new task {inf[t]:.4f}")
+                print(f"re-evaluated after {t + 1} tasks: {what} "
                       f"({time.perf_counter() - t0:.0f} s)", flush=True)
     res = record.results_dict(
         config, rows, meta["wall"], learner.bytes_per_task(state, done), None,
