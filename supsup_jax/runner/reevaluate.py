@@ -77,8 +77,8 @@ def reevaluate(config, source: str | os.PathLike, workdir: str | os.PathLike) ->
     Returns the results dict; ``reevaluated_from`` names ``source`` and its finished tasks.
 
     Raises:
-      ConfigError: ``config`` is not a SupSup GNu/GNs run, ``workdir`` is ``source``, or no
-        evaluation point falls within the tasks ``source`` finished.
+      ConfigError: ``config`` is not a SupSup GNu/GNs run, ``workdir`` is ``source`` or holds
+        a training run, or no evaluation point falls within the tasks ``source`` finished.
       CheckpointError: ``source`` has no checkpoint, is in use, or ran another config (beyond
         :data:`EVALUATION_FIELDS`).
     """
