@@ -124,12 +124,10 @@ def matrix(results: Mapping[str, Any], key: str) -> np.ndarray | None:
         out = np.array(value, dtype=np.float64)
     else:
         n = len(value)
-        rows = [_expand_row(r, n, f"{key} row {t}") if isinstance(r, Mapping) else r
-                for t, r in enumerate(value)]  # sparse rows as written to the file
-        for t, row in enumerate(rows):
+        for t, row in enumerate(value):
             if row is not None and len(row) != n:
                 raise ValueError(f"{key} row {t} has {len(row)} entries, expected {n}")
-        out = float_matrix(rows, n)
+        out = float_matrix(value, n)
     if out.ndim != 2 or out.shape[0] != out.shape[1]:
         raise ValueError(f"{key} must be a square matrix, got shape {out.shape}")
     return out
@@ -168,21 +166,28 @@ def _expand_row(row: Mapping[str, Any], n: int, where: str) -> list:
     return out
 
 
-def _compact_rows(m: Any, key: str) -> list | None:
-    """A matrix (rows of numbers/None/NaN, or an array) as the file stores it: ``null`` for a
-    row with no defined cell, ``{"i": value}`` for one with under 1/8 of its cells defined (the
-    diagonal entry a run measures after every task), else the row with ``null`` for undefined
-    cells. Linear in the cells, in numpy: a 2500-task run rewrites it after every task."""
+def _square(m: Any, key: str) -> np.ndarray | None:
+    """A results matrix (rows of numbers/None/NaN, or an array) as float64, NaN where not
+    defined; refuses anything but a square matrix of numbers."""
     if m is None:
         return None
     rows = list(m)
     try:
         if any(r is not None and len(r) != len(rows) for r in rows):
             raise ValueError(f"a row's length is not {len(rows)}")
-        a = float_matrix(rows)
+        return float_matrix(rows)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{key} must be a square matrix of numbers (None where not "
                          f"evaluated): {e}") from None
+
+
+def _compact_rows(a: np.ndarray | None) -> list | None:
+    """A float matrix (:func:`_square`) as the file stores it: ``null`` for a row with no
+    defined cell, ``{"i": value}`` for one with under 1/8 of its cells defined (the diagonal
+    entry a run measures after every task), else the row with ``null`` for undefined cells.
+    Linear in the cells, in numpy: a 2500-task run rewrites it after every task."""
+    if a is None:
+        return None
     defined = np.isfinite(a)  # NaN and inf are "not defined", as jsonable makes them
     out: list = []
     for t, count in enumerate(defined.sum(axis=1)):
@@ -226,8 +231,9 @@ def _cell(m: np.ndarray | None, t: int, i: int) -> str:
     return repr(float(m[t, i]))
 
 
-def _csv_text(results: Mapping[str, Any]) -> str:
-    mats = _matrices(results)
+def _csv_text(mats: Sequence[np.ndarray | None]) -> str:
+    """accuracy.csv from the float matrices of :data:`MATRIX_KEYS`: one line per defined cell."""
+    mats = [None if m is None else np.where(np.isfinite(m), m, np.nan) for m in mats]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(CSV_HEADER)
@@ -281,12 +287,13 @@ def write_results(workdir: PathLike, results: Mapping[str, Any]) -> pathlib.Path
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     data = jsonable({k: v for k, v in results.items() if k not in MATRIX_KEYS})
-    for key in MATRIX_KEYS:
+    mats = [_square(results.get(key), key) for key in MATRIX_KEYS]
+    for key, a in zip(MATRIX_KEYS, mats, strict=True):
         if key in results:
-            data[key] = _compact_rows(results[key], key)
+            data[key] = _compact_rows(a)
     data = {k: data[k] for k in results}  # the caller's key order
     text = _dumps(data)
-    csv_text = _csv_text(data)
+    csv_text = _csv_text(mats)
     out = workdir / RESULTS_FILE
     atomic_write(out, lambda f: f.write(text))
     atomic_write(workdir / ACCURACY_CSV, lambda f: f.write(csv_text))

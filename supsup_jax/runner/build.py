@@ -37,6 +37,7 @@ __all__ = [
     "make_stream",
     "steps_per_task",
     "test_data",
+    "test_sets",
 ]
 
 SCENARIOS = ("GG", "GNu", "GNs", "NNs")
@@ -229,6 +230,24 @@ def test_data(config, stream, i):
     if not isinstance(x, np.ndarray):  # a lazy test set is decoded once per evaluation row
         x = np.asarray(x[np.arange(len(y))])
     return x, y
+
+
+# Test sets kept between rows (the streams build a task's test set on demand).
+TEST_CACHE = 64
+
+
+def test_sets(config, stream):
+    """``i -> test_data(config, stream, i)``, keeping the last :data:`TEST_CACHE` built."""
+    cache: dict[int, tuple] = {}
+
+    def test_set(i):
+        if i not in cache:
+            cache[i] = test_data(config, stream, i)
+            if len(cache) > TEST_CACHE:
+                cache.pop(next(iter(cache)))
+        return cache[i]
+
+    return test_set
 
 
 def eval_points(config) -> set[int]:

@@ -31,7 +31,7 @@ from supsup_jax import distributed, plots, results
 from supsup_jax.checkpoint import CheckpointError, RunCheckpoints
 from supsup_jax.errors import ConfigError
 from supsup_jax.runner import build, learners, record, validate
-from supsup_jax.runner.build import eval_points, test_data
+from supsup_jax.runner.build import eval_points
 
 __all__ = ["EVALUATION_FIELDS", "reevaluate"]
 
@@ -121,15 +121,7 @@ def reevaluate(config, source: str | os.PathLike, workdir: str | os.PathLike) ->
     os.makedirs(workdir, exist_ok=True)
     rows = _saved_rows(workdir, fingerprint)
     bank = state["bank"]
-    cache: dict[int, tuple] = {}
-
-    def test_set(i):
-        if i not in cache:
-            if len(cache) >= 64:  # test sets are built on demand; keep a bounded few
-                cache.clear()
-            cache[i] = test_data(config, stream, i)
-        return cache[i]
-
+    test_set = build.test_sets(config, stream)
     t0 = time.perf_counter()
     for t in range(done):
         if str(t) in rows:

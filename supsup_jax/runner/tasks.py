@@ -20,16 +20,12 @@ from supsup_jax import distributed, nns, plots, results, scenarios
 from supsup_jax.data import BatchIterator
 from supsup_jax.errors import TrainingDivergedError
 from supsup_jax.runner import nns_stream, record
-from supsup_jax.runner.build import eval_points, steps_per_task, test_data
+from supsup_jax.runner.build import eval_points, steps_per_task, test_data, test_sets
 from supsup_jax.runner.keys import Stream, key
 from supsup_jax.runner.learners import bank_bytes
 from supsup_jax.runner.progress import Progress, row_scalars
 
 __all__ = ["resume_point", "run_nns", "run_tasks"]
-
-# Test sets kept between rows (the streams build a task's test set on demand).
-TEST_CACHE = 64
-
 
 def resume_point(config, ckpts, restore, extensible: bool = False
                  ) -> tuple[int, dict | None, Any]:
@@ -49,19 +45,6 @@ def _naming_the_task(t: int):
     except TrainingDivergedError as e:
         raise TrainingDivergedError(
             f"task {t}: {e}; nothing of this task was checkpointed") from None
-
-
-def _test_sets(config, stream):
-    cache: dict[int, Any] = {}
-
-    def test_set(i):
-        if i not in cache:
-            cache[i] = test_data(config, stream, i)
-            if len(cache) > TEST_CACHE:
-                cache.pop(next(iter(cache)))
-        return cache[i]
-
-    return test_set
 
 
 def _finish(config, workdir, res):
@@ -91,7 +74,7 @@ def run_tasks(config, workdir, stream, learner, ckpts):
     points = eval_points(config)
     progress = Progress(config.quiet, num, start, workdir, tensorboard=config.tensorboard,
                         config=config)
-    test_set = _test_sets(config, stream)
+    test_set = test_sets(config, stream)
     try:
         for t in range(start, num):
             t0 = time.perf_counter()
