@@ -104,27 +104,32 @@ def test_binary_rounds_shrinking_candidates(impl):
         alive = np.isin(np.arange(600), keep)
 
 
+@pytest.mark.parametrize("slice_rows", ["1", "1000000"])
 @pytest.mark.parametrize("impl", IMPLS)
-def test_uniform_superposition_counts(impl):
+def test_uniform_superposition_counts(impl, slice_rows, monkeypatch):
     # Equal weights on the selected rows take the counting path (16-bit counters, flushed to
-    # floats every 65528 rows): random bits with tails, a subset of rows, and more set bits per
-    # weight than a 16-bit counter holds.
+    # floats every 65528 rows), bit-sliced from SUPSUP_JAX_SLICE_ROWS rows (read per call; "1"
+    # forces it, with a last group of fewer than 16 rows) or directly: random bits with tails,
+    # a subset of rows, and more set bits per weight than a 16-bit counter holds.
     _skip_unsupported(impl)
+    monkeypatch.setenv("SUPSUP_JAX_SLICE_ROWS", slice_rows)
     _, vecmat = _products(impl)
     vecmat = jax.jit(vecmat)
     rtol = 1e-5 if impl == "xla" else 1e-6  # the kernels round once per weight, the twin per row
-    for k, nb in ((9, 7), (97, 4096 + 3), (600, 130)):  # 600: past 248 rows of 8-bit counters
+    # 600: past 248 rows of 8-bit counters; 4096 + 3 bytes: past the column block, with a tail
+    # shorter than any vector.
+    for k, nb in ((9, 7), (97, 4096 + 3), (600, 130), (1100, 200)):
         bits, dense, _, _ = _data(k, nb, seed=k)
         alive = np.random.default_rng(k).random(k) < 0.6
         alpha = (alive / alive.sum()).astype(np.float32)
         np.testing.assert_allclose(np.asarray(vecmat(jnp.asarray(alpha), jnp.asarray(bits))),
                                    alpha @ dense, rtol=rtol, atol=1e-7)
     k = 65537
-    bits = np.full((k, 5), 0xFF, np.uint8)  # 5 bytes: the 4-byte SIMD step and a tail
-    bits[-1, 1] = 0x0F  # the last row, past the first flush: half of one byte
+    bits = np.full((k, 69), 0xFF, np.uint8)  # 64 bytes of whole vectors (sliced) and a tail
+    bits[-1, [1, 66]] = 0x0F  # the last row, past the first flush: half of two bytes
     alpha = np.full(k, 2.0 ** -16, np.float32)  # k * alpha = 1 + 2^-16, exact in float32
-    want = np.full(40, k * 2.0 ** -16)
-    want[12:16] -= 2.0 ** -16
+    want = np.full(8 * 69, k * 2.0 ** -16)
+    want[[*range(12, 16), *range(8 * 66 + 4, 8 * 66 + 8)]] -= 2.0 ** -16
     np.testing.assert_array_equal(np.asarray(vecmat(jnp.asarray(alpha), jnp.asarray(bits))),
                                   want)
 

@@ -14,9 +14,13 @@ Plain JAX has no cheap way to multiply by a bit: it must unpack each bit to a nu
 custom call built from ``kernels/bitops.cc`` in one of three variants (:data:`VARIANTS`):
 
 * ``"avx512"`` (AVX-512 F and BW): a 16-bit slice of a row is a lane mask, one masked add per
-  16 weights (32 in the counting superposition);
+  16 weights;
 * ``"avx2"``: a byte indexes a 256-entry table of 8-lane masks, ``and`` + add per 8 weights;
 * ``"portable"``: plain C++ that the compiler vectorises for the baseline ISA (SSE2, NEON).
+
+At uniform alpha (One-Shot's superposition, every Binary round) :func:`bits_vecmat` counts set
+bits exactly in integers instead, bit-sliced over 16 rows at a time from enough rows (carry-save
+adders on the variant's widest vector, the same source for all three).
 
 Each is compiled on first use with the system C++ compiler and the variant's own flags (never
 ``-march=native``, so a cached build is correct on any CPU that has the variant's ISA) into a
@@ -24,10 +28,11 @@ cache directory (``$SUPSUP_JAX_KERNEL_CACHE``, default ``~/.cache/supsup_jax``),
 source, the jaxlib version, the compiler and the variant. The default is the best variant the
 CPU supports (its ``/proc/cpuinfo`` flags, checked again by the built library itself before it
 is registered); ``SUPSUP_JAX_KERNEL_VARIANT`` (one of :data:`VARIANTS` or ``"xla"``) forces one,
-and ``SUPSUP_JAX_KERNELS=0`` the twin. Two knobs for measuring, read per call:
-``SUPSUP_JAX_KERNEL_THREADS`` (threads, default the CPU count) and ``SUPSUP_JAX_TABLE_ROWS``
-(from how many rows matvec uses tables of partial sums; defaults per variant in ``bitops.cc``,
-measured in benchmarks/README.md). On GPU/TPU (``lax.platform_dependent``), and on CPU when
+and ``SUPSUP_JAX_KERNELS=0`` the twin. Three knobs for measuring, read per call:
+``SUPSUP_JAX_KERNEL_THREADS`` (threads, default the CPU count), ``SUPSUP_JAX_TABLE_ROWS``
+(from how many rows matvec uses tables of partial sums) and ``SUPSUP_JAX_SLICE_ROWS`` (from how
+many rows the counting is bit-sliced); their defaults per variant are in ``bitops.cc``,
+measured in benchmarks/README.md. On GPU/TPU (``lax.platform_dependent``), and on CPU when
 no compiler is found, the plain-JAX twin runs. :func:`kernel_status` says which and why. The
 variant is read when a function is traced, so it is fixed inside each compiled program.
 """

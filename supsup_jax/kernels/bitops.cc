@@ -14,8 +14,9 @@
 //   (neither):      portable C++: the same table as 0/1 floats and a multiply-add over 8 lanes,
 //                   which compilers vectorise on their own (SSE2, NEON, ...); no intrinsics.
 // Matvec from 512 rows on AVX2 and 16 on portable: tables of partial sums per byte (MatvecTable).
-// Vecmat: with equal weights (uniform alpha) an exact 16-bit count per weight (CountBlock), else
-// rows streamed into L1 float accumulators per column block. Rows or column blocks are split
+// Vecmat: with equal weights (uniform alpha) an exact count per weight (CountBlock: from 64 rows,
+// 32 portable, bit-sliced carry-save adders over 16 rows at a time), else rows streamed into L1
+// float accumulators per column block. Rows or column blocks are split
 // across threads. The portable routines also handle every variant's tails.
 #include <algorithm>
 #include <cmath>
@@ -443,43 +444,180 @@ inline void CountRowsSmall(const uint8_t* const* rows, int64_t len, uint8_t* c8)
 }
 #endif
 
+// Counters of one column block: 16-bit counts per weight; AVX2 adds 8-bit counts first and
+// widens them before any could wrap.
+struct Counter {
+  alignas(64) uint16_t cnt[kCountCols][8];
+#if defined(SUPSUP_AVX2)
+  alignas(64) uint8_t c8[kCountCols * 8];
+  int64_t pending = 0;  // rows added to c8 since it was last widened (over any columns)
+  void Widen() {
+    for (int64_t j = 0; j < 8 * kCountCols; ++j) cnt[j / 8][j % 8] += c8[j];
+    std::memset(c8, 0, sizeof c8);
+    pending = 0;
+  }
+#endif
+  void Reset() {
+    std::memset(cnt, 0, sizeof cnt);
+#if defined(SUPSUP_AVX2)
+    std::memset(c8, 0, sizeof c8);
+    pending = 0;
+#endif
+  }
+  // Counts of bytes [j0, j0 + len) of the block += bits of R rows (pointers at byte j0).
+  template <int R>
+  void Add(const uint8_t* const* rows, int64_t j0, int64_t len) {
+#if defined(SUPSUP_AVX2)
+    if (pending + R > kSmallRows) Widen();
+    CountRowsSmall<R>(rows, len, c8 + 8 * j0);
+    pending += R;
+#else
+    CountRows<R>(rows, len, cnt + j0);
+#endif
+  }
+  void Finish() {
+#if defined(SUPSUP_AVX2)
+    Widen();
+#endif
+  }
+};
+
+// Many rows are first added bit-sliced (Harley-Seal carry-save adders, as in fast popcounts):
+// per weight, bits `ones, twos, fours, eights` hold its count mod 16 over the rows so far, and
+// every 16 rows give one row of `sixteens` (the carries), which the Counter adds. Plain bitwise
+// operations on the widest vector the variant has (GCC / clang vector extension, 64-bit words
+// elsewhere), so 16 rows cost 15 adders of 5 operations per vector instead of 16 counting adds
+// per 32 (AVX-512) or 8 (portable) weights.
+#if defined(__GNUC__)
+#if defined(SUPSUP_AVX512)
+constexpr int64_t kVB = 64;
+#elif defined(SUPSUP_AVX2)
+constexpr int64_t kVB = 32;
+#else
+constexpr int64_t kVB = 16;
+#endif
+typedef uint64_t Bits __attribute__((vector_size(kVB)));
+#else
+constexpr int64_t kVB = 8;
+typedef uint64_t Bits;
+#endif
+// Fewer rows count directly (crossovers measured on a 1M-weight layer, benchmarks/README.md).
+#if defined(SUPSUP_AVX512) || defined(SUPSUP_AVX2)
+constexpr int64_t kSliceRows = 64;
+#else
+constexpr int64_t kSliceRows = 32;
+#endif
+alignas(64) const uint8_t kZeroRow[kCountCols] = {};  // pads a last group to 16 rows
+
+int64_t SliceRows() {
+  const char* env = std::getenv("SUPSUP_JAX_SLICE_ROWS");
+  return env ? std::atoll(env) : kSliceRows;
+}
+
+inline void Csa(Bits& h, Bits& l, Bits a, Bits b, Bits c) {
+  const Bits u = a ^ b;
+  h = (a & b) | (u & c);
+  l = u ^ c;
+}
+
+inline Bits LoadBits(const uint8_t* p) {
+  Bits x;
+  std::memcpy(&x, p, sizeof x);
+  return x;
+}
+
+// Add 16 rows' bytes [0, len) (len a multiple of kVB) into the planes; write their carries.
+// Each row is a short run of bytes (the block) far from the next: prefetch the next 16 rows'.
+void AddSixteen(const uint8_t* const* g, const uint8_t* const* next, int64_t len,
+                Bits (*planes)[kCountCols / kVB], uint8_t* sixteens) {
+  for (int64_t v = 0; v < len / kVB; ++v) {
+    const int64_t o = v * kVB;
+    if (o % 64 == 0)
+      for (int r = 0; r < 16; ++r) Prefetch(next[r] + o);
+    Bits ones = planes[0][v], twos = planes[1][v], fours = planes[2][v],
+         eights = planes[3][v];
+    Bits twos_a, twos_b, fours_a, fours_b, eights_a, eights_b, six;
+    Csa(twos_a, ones, ones, LoadBits(g[0] + o), LoadBits(g[1] + o));
+    Csa(twos_b, ones, ones, LoadBits(g[2] + o), LoadBits(g[3] + o));
+    Csa(fours_a, twos, twos, twos_a, twos_b);
+    Csa(twos_a, ones, ones, LoadBits(g[4] + o), LoadBits(g[5] + o));
+    Csa(twos_b, ones, ones, LoadBits(g[6] + o), LoadBits(g[7] + o));
+    Csa(fours_b, twos, twos, twos_a, twos_b);
+    Csa(eights_a, fours, fours, fours_a, fours_b);
+    Csa(twos_a, ones, ones, LoadBits(g[8] + o), LoadBits(g[9] + o));
+    Csa(twos_b, ones, ones, LoadBits(g[10] + o), LoadBits(g[11] + o));
+    Csa(fours_a, twos, twos, twos_a, twos_b);
+    Csa(twos_a, ones, ones, LoadBits(g[12] + o), LoadBits(g[13] + o));
+    Csa(twos_b, ones, ones, LoadBits(g[14] + o), LoadBits(g[15] + o));
+    Csa(fours_b, twos, twos, twos_a, twos_b);
+    Csa(eights_b, fours, fours, fours_a, fours_b);
+    Csa(six, eights, eights, eights_a, eights_b);
+    planes[0][v] = ones, planes[1][v] = twos, planes[2][v] = fours, planes[3][v] = eights;
+    std::memcpy(sixteens + o, &six, sizeof six);
+  }
+}
+
 void CountBlock(const uint8_t* b, int64_t nb, const int64_t* idx, int64_t n, float alpha,
                 int64_t j0, int64_t len, float* out) {
   constexpr int R = 8;
-  alignas(64) uint16_t cnt[kCountCols][8];
-  const uint8_t* rows[R];
+  Counter counter;
+  const uint8_t* rows[16];
+  const uint8_t* next[16];
+  // Bytes [0, sl) of the block are added bit-sliced, the rest (and every byte of few rows)
+  // directly: the planes are whole vectors, and a row's bytes past the block are not ours.
+  const int64_t sl = n >= SliceRows() ? len / kVB * kVB : 0;
+  Bits planes[4][kCountCols / kVB];
+  alignas(64) uint8_t carries[R][kCountCols];
   std::memset(out, 0, sizeof(float) * 8 * len);
   for (int64_t i0 = 0; i0 < n; i0 += kMaxCount) {
-    std::memset(cnt, 0, sizeof(cnt[0]) * len);
+    counter.Reset();
     const int64_t i1 = std::min(n, i0 + kMaxCount);
-    int64_t i = i0;
-#if defined(SUPSUP_AVX2)
-    alignas(64) uint8_t c8[kCountCols * 8];
-    while (i < i1) {
-      const int64_t s1 = std::min(i1, i + kSmallRows);
-      std::memset(c8, 0, 8 * len);
-      for (; i + R <= s1; i += R) {
-        for (int r = 0; r < R; ++r) rows[r] = b + idx[i + r] * nb + j0;
-        CountRowsSmall<R>(rows, len, c8);
+    if (sl > 0) {
+      std::memset(planes, 0, sizeof planes);
+      int c = 0;
+      auto row = [&](int64_t i) { return i < i1 ? b + idx[i] * nb + j0 : kZeroRow; };
+      for (int r = 0; r < 16; ++r) next[r] = row(i0 + r);
+      for (int64_t i = i0; i < i1; i += 16) {
+        for (int r = 0; r < 16; ++r) rows[r] = next[r], next[r] = row(i + 16 + r);
+        AddSixteen(rows, next, sl, planes, carries[c]);
+        if (++c == R) {
+          for (int r = 0; r < R; ++r) rows[r] = carries[r];
+          counter.Add<R>(rows, 0, sl);
+          c = 0;
+        }
       }
-      for (; i < s1; ++i) {
-        rows[0] = b + idx[i] * nb + j0;
-        CountRowsSmall<1>(rows, len, c8);
+      for (int r = 0; r < c; ++r) {
+        rows[0] = carries[r];
+        counter.Add<1>(rows, 0, sl);
       }
-      for (int64_t j = 0; j < 8 * len; ++j) cnt[j / 8][j % 8] += c8[j];
     }
-#else
-    for (; i + R <= i1; i += R) {
-      for (int r = 0; r < R; ++r) rows[r] = b + idx[i + r] * nb + j0;
-      CountRows<R>(rows, len, cnt);
+    if (sl < len) {
+      int64_t i = i0;
+      for (; i + R <= i1; i += R) {
+        for (int r = 0; r < R; ++r) rows[r] = b + idx[i + r] * nb + j0 + sl;
+        counter.Add<R>(rows, sl, len - sl);
+      }
+      for (; i < i1; ++i) {
+        rows[0] = b + idx[i] * nb + j0 + sl;
+        counter.Add<1>(rows, sl, len - sl);
+      }
     }
-    for (; i < i1; ++i) {
-      rows[0] = b + idx[i] * nb + j0;
-      CountRows<1>(rows, len, cnt);
+    counter.Finish();
+    // count = 16 * (carries counted) + the planes' 4-bit remainder: at most kMaxCount, exact in
+    // 16 bits.
+    const uint8_t* pb = reinterpret_cast<const uint8_t*>(planes);
+    const int64_t stride = sizeof(planes[0]);
+    for (int64_t j = 0; j < sl; ++j) {
+      uint16_t* c = counter.cnt[j];
+      for (int q = 0; q < 8; ++q) c[q] *= 16;
+      for (int p = 0; p < 4; ++p) {
+        const uint16_t* t = kCountTable.c[pb[p * stride + j]];
+        for (int q = 0; q < 8; ++q) c[q] += t[q] << p;
+      }
     }
-#endif
     for (int64_t j = 0; j < len; ++j)
-      for (int q = 0; q < 8; ++q) out[8 * j + q] += alpha * static_cast<float>(cnt[j][q]);
+      for (int q = 0; q < 8; ++q)
+        out[8 * j + q] += alpha * static_cast<float>(counter.cnt[j][q]);
   }
 }
 
