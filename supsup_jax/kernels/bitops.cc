@@ -13,7 +13,9 @@
 //                   and + add per 8 weights.
 //   (neither):      portable C++: the same table as 0/1 floats and a multiply-add over 8 lanes,
 //                   which compilers vectorise on their own (SSE2, NEON, ...); no intrinsics.
-// Matvec from 512 rows on AVX2 and 16 on portable: tables of partial sums per byte (MatvecTable).
+// Matvec from enough rows (32 AVX-512, 8 AVX2, 16 portable): tables of partial sums, in
+// registers looked up by permutes for a group of rows (MatvecPerm), portable in memory, 256 per
+// byte (MatvecTable).
 // Vecmat: with equal weights (uniform alpha) an exact count per weight (CountBlock: from 64 rows,
 // 32 portable, bit-sliced carry-save adders over 16 rows at a time), else rows streamed into L1
 // float accumulators per column block. Rows or column blocks are split
@@ -150,6 +152,7 @@ void RowsDot(const uint8_t* const* rows, const float* v, int64_t nbytes, float* 
   RowsDotPortable<R>(rows, v, j, nbytes, out);
 }
 
+#if !defined(SUPSUP_AVX512) && !defined(SUPSUP_AVX2)
 // Matvec by tables of partial sums, for many rows: for a block of kTab byte positions, sums[j][c]
 // = sum of v over the set bits of byte value c (256 floats per position, built once and shared
 // by every row), so each row-byte costs one lookup and one add, for any ISA.
@@ -244,13 +247,166 @@ void MatvecTable(const uint8_t* b, int64_t nb, const float* v, const int64_t* id
     }
   }
 }
+#else  // AVX-512 and AVX2
+// AVX-512 and AVX2 keep their tables in registers: the partial sums of a few bits of one byte
+// position are one vector, and one permute looks them up for a group of rows at once (lane r:
+// row r's bits). The group's bytes are transposed (a lane holds one row's dword), and a shift
+// selects each field (the permute reads an index's low bits). Per field: shift, permute, add.
+//   AVX-512: 16 rows, 4-bit fields (nibbles, 16 sums), 2 permutes per byte.
+//   AVX2:    8 rows, fields of bits 0-2, 3-5 and 6-7 (8 sums each), 3 permutes per byte.
+// Columns are taken in blocks of kPerm bytes (rows read in runs that long: shorter runs were
+// bound by their scattered reads), all rows of the group per block.
+constexpr int64_t kPerm = 1024;  // bytes per block: its tables 128 / 96 KiB, in L2
+alignas(64) const uint8_t kZeroBytes[kPerm] = {};  // pads the last group of rows
 
-// From how many rows the tables beat the variant's direct loop (measured, benchmarks/README.md):
-// never for AVX-512's masked adds; SUPSUP_JAX_TABLE_ROWS overrides it (to measure the crossover).
 #if defined(SUPSUP_AVX512)
-constexpr int64_t kTableRows = INT64_MAX;
+typedef __m512 VecF;
+constexpr int kGroup = 16, kFields = 2;
+constexpr int64_t kChunk = 64;  // bytes of each row per transpose
+
+inline void Transpose(__m512i* r) {  // 16 x 16 dwords
+  __m512i t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+    r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+    r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+    r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    t[i] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0x88);
+    t[i + 4] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0xdd);
+    t[i + 8] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0x88);
+    t[i + 12] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0xdd);
+  }
+  for (int i = 0; i < 8; ++i) {
+    r[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xdd);
+  }
+}
+
+// t[2 j + h] lane l = the sum of v[8 j + 4 h + q] over the bits q set in l.
+void BuildFieldTables(const float* v, int64_t len, VecF* t) {
+  for (int64_t p = 0; p < 2 * len; ++p) {
+    const float* x = v + 4 * p;
+    __m512 s = _mm512_maskz_mov_ps(0xAAAA, _mm512_set1_ps(x[0]));
+    s = _mm512_mask_add_ps(s, 0xCCCC, s, _mm512_set1_ps(x[1]));
+    s = _mm512_mask_add_ps(s, 0xF0F0, s, _mm512_set1_ps(x[2]));
+    t[p] = _mm512_mask_add_ps(s, 0xFF00, s, _mm512_set1_ps(x[3]));
+  }
+}
+
+// acc += lookups of one transposed chunk (z[d] lane r: bytes 4d .. 4d + 3 of row r).
+inline void ChunkSums(const __m512i* z, const VecF* t, VecF* acc) {
+  for (int d = 0; d < 16; ++d)
+    for (int q = 0; q < 8; ++q)  // nibble q of the dword: byte 4d + q / 2
+      acc[q & 3] = _mm512_add_ps(
+          acc[q & 3], _mm512_permutexvar_ps(_mm512_srli_epi32(z[d], 4 * q), t[8 * d + q]));
+}
+typedef __m512i VecI;
+inline VecI LoadI(const uint8_t* p) { return _mm512_loadu_si512(p); }
+inline VecF ZeroF() { return _mm512_setzero_ps(); }
+inline void StoreF(float* p, VecF x) { _mm512_storeu_ps(p, x); }
+#else
+typedef __m256 VecF;
+constexpr int kGroup = 8, kFields = 3;
+constexpr int64_t kChunk = 32;
+
+inline void Transpose(__m256i* r) {  // 8 x 8 dwords
+  __m256 t[8], s[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(_mm256_castsi256_ps(r[i]), _mm256_castsi256_ps(r[i + 1]));
+    t[i + 1] = _mm256_unpackhi_ps(_mm256_castsi256_ps(r[i]), _mm256_castsi256_ps(r[i + 1]));
+  }
+  for (int i = 0; i < 8; i += 4) {
+    s[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+    s[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+    s[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    s[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = _mm256_castps_si256(_mm256_permute2f128_ps(s[i], s[i + 4], 0x20));
+    r[i + 4] = _mm256_castps_si256(_mm256_permute2f128_ps(s[i], s[i + 4], 0x31));
+  }
+}
+
+// t[3 j + f] lane l = the sum of v[8 j + 3 f + q] over the bits q set in l (f = 2: bits 0, 1
+// of l only, since the field's third index bit is the next byte's).
+void BuildFieldTables(const float* v, int64_t len, VecF* t) {
+  const __m256 zero = _mm256_setzero_ps();
+  for (int64_t j = 0; j < len; ++j) {
+    const float* x = v + 8 * j;
+    for (int f = 0; f < 3; ++f) {
+      __m256 s = _mm256_blend_ps(zero, _mm256_set1_ps(x[3 * f]), 0xAA);
+      s = _mm256_add_ps(s, _mm256_blend_ps(zero, _mm256_set1_ps(x[3 * f + 1]), 0xCC));
+      if (f < 2) s = _mm256_add_ps(s, _mm256_blend_ps(zero, _mm256_set1_ps(x[3 * f + 2]), 0xF0));
+      else s = _mm256_permute2f128_ps(s, s, 0x00);  // lanes 4-7 = lanes 0-3
+      t[3 * j + f] = s;
+    }
+  }
+}
+
+inline void ChunkSums(const __m256i* z, const VecF* t, VecF* acc) {
+  for (int d = 0; d < 8; ++d)
+    for (int b = 0; b < 4; ++b)
+      for (int f = 0; f < 3; ++f) {
+        const int k = 3 * b + f;
+        acc[k & 3] = _mm256_add_ps(
+            acc[k & 3], _mm256_permutevar8x32_ps(t[3 * (4 * d + b) + f],
+                                                 _mm256_srli_epi32(z[d], 8 * b + 3 * f)));
+      }
+}
+typedef __m256i VecI;
+inline VecI LoadI(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+inline VecF ZeroF() { return _mm256_setzero_ps(); }
+inline void StoreF(float* p, VecF x) { _mm256_storeu_ps(p, x); }
+#endif
+
+// MatvecTable's contract, by register tables.
+void MatvecPerm(const uint8_t* b, int64_t nb, const float* v, const int64_t* idx, int64_t n,
+                int64_t c0, int64_t c1, float* part) {
+  // Too big for a stack (96-128 KiB); aligned for the vector loads.
+  VecF* tables = static_cast<VecF*>(std::aligned_alloc(64, sizeof(VecF) * kFields * kPerm));
+  const uint8_t* rows[kGroup];
+  for (int64_t j0 = c0; j0 < c1; j0 += kPerm) {
+    const int64_t len = std::min(kPerm, c1 - j0), full = len / kChunk * kChunk;
+    BuildFieldTables(v + 8 * j0, full, tables);
+    for (int64_t i = 0; i < n; i += kGroup) {
+      for (int r = 0; r < kGroup; ++r) rows[r] = i + r < n ? b + idx[i + r] * nb + j0 : kZeroBytes;
+      for (int64_t r = i + kGroup; r < std::min(n, i + 2 * kGroup); ++r)
+        for (int64_t c = 0; c < len; c += 64) Prefetch(b + idx[r] * nb + j0 + c);
+      VecF acc[4] = {ZeroF(), ZeroF(), ZeroF(), ZeroF()};
+      for (int64_t c = 0; c < full; c += kChunk) {
+        VecI z[kGroup];
+        for (int r = 0; r < kGroup; ++r) z[r] = LoadI(rows[r] + c);
+        Transpose(z);
+        ChunkSums(z, tables + kFields * c, acc);
+      }
+      alignas(64) float o[kGroup];
+      StoreF(o, (acc[0] + acc[1]) + (acc[2] + acc[3]));
+      for (int r = 0; r < kGroup && i + r < n; ++r) {
+        part[i + r] += o[r];
+        if (full < len) {  // the block's last bytes, fewer than a chunk
+          const uint8_t* tail = rows[r] + full;
+          float* out = part + i + r;
+          RowsDot<1>(&tail, v + 8 * (j0 + full), len - full, &out);
+        }
+      }
+    }
+  }
+  std::free(tables);
+}
+#endif
+
+// From how many rows the tables beat the variant's direct loop (measured, benchmarks/README.md);
+// SUPSUP_JAX_TABLE_ROWS overrides it (to measure the crossover).
+#if defined(SUPSUP_AVX512)
+constexpr int64_t kTableRows = 32;
 #elif defined(SUPSUP_AVX2)
-constexpr int64_t kTableRows = 512;
+constexpr int64_t kTableRows = 8;
 #else
 constexpr int64_t kTableRows = 16;
 #endif
@@ -283,14 +439,21 @@ ffi::Error MatvecImpl(ffi::Buffer<ffi::U8> bits, ffi::Buffer<ffi::F32> v,
   }
   const int64_t n = static_cast<int64_t>(idx.size());
   if (n >= TableRows()) {
-    const int64_t blocks = (nb + kTab - 1) / kTab;
+#if defined(SUPSUP_AVX512) || defined(SUPSUP_AVX2)
+    constexpr int64_t unit = kPerm;
+    auto table = MatvecPerm;
+#else
+    constexpr int64_t unit = kTab;
+    auto table = MatvecTable;
+#endif
+    const int64_t blocks = (nb + unit - 1) / unit;
     const int threads = static_cast<int>(std::min<int64_t>(NumThreads(n * nb), blocks));
     std::vector<std::vector<float>> parts(threads, std::vector<float>(n, 0.f));
     const int64_t per = (blocks + threads - 1) / threads;
     ParallelFor(threads, threads, [&](int64_t lo, int64_t hi) {
       for (int64_t t = lo; t < hi; ++t)
-        MatvecTable(b, nb, x, idx.data(), n, std::min(nb, t * per * kTab),
-                    std::min(nb, (t + 1) * per * kTab), parts[t].data());
+        table(b, nb, x, idx.data(), n, std::min(nb, t * per * unit),
+              std::min(nb, (t + 1) * per * unit), parts[t].data());
     });
     for (const auto& part : parts)
       for (int64_t i = 0; i < n; ++i) o[idx[i]] += part[i];
