@@ -152,6 +152,14 @@ void RowsDot(const uint8_t* const* rows, const float* v, int64_t nbytes, float* 
   RowsDotPortable<R>(rows, v, j, nbytes, out);
 }
 
+// Whether x[0 .. n) is all zeros (a stretch of v the table paths skip: One-Shot's v = x dy^T * W
+// is zero on the rows of the inputs ReLU zeroed, a large share of every hidden layer's bits).
+inline bool AllZero(const float* x, int64_t n) {
+  for (int64_t q = 0; q < n; ++q)
+    if (x[q] != 0.f) return false;
+  return true;
+}
+
 #if !defined(SUPSUP_AVX512) && !defined(SUPSUP_AVX2)
 // Matvec by tables of partial sums, for many rows: for a block of kTab byte positions, sums[j][c]
 // = sum of v over the set bits of byte value c (256 floats per position, built once and shared
@@ -210,6 +218,7 @@ void MatvecTable(const uint8_t* b, int64_t nb, const float* v, const int64_t* id
   alignas(64) float sums[kTab][256];
   for (int64_t j0 = c0; j0 < c1; j0 += kTab) {
     const int64_t len = std::min(kTab, c1 - j0);
+    if (AllZero(v + 8 * j0, 8 * len)) continue;  // as MatvecPerm's chunks
     BuildSums(v + 8 * j0, len, sums);
     int64_t i = 0;
     for (; i + 4 <= n; i += 4) {
@@ -371,15 +380,23 @@ void MatvecPerm(const uint8_t* b, int64_t nb, const float* v, const int64_t* idx
   // Too big for a stack (96-128 KiB); aligned for the vector loads.
   VecF* tables = static_cast<VecF*>(std::aligned_alloc(64, sizeof(VecF) * kFields * kPerm));
   const uint8_t* rows[kGroup];
+  int64_t chunks[kPerm / kChunk];
   for (int64_t j0 = c0; j0 < c1; j0 += kPerm) {
     const int64_t len = std::min(kPerm, c1 - j0), full = len / kChunk * kChunk;
     BuildFieldTables(v + 8 * j0, full, tables);
+    // The bytes of chunks where v is all zero are never read.
+    int64_t nc = 0;
+    for (int64_t c = 0; c < full; c += kChunk)
+      if (!AllZero(v + 8 * (j0 + c), 8 * kChunk)) chunks[nc++] = c;
     for (int64_t i = 0; i < n; i += kGroup) {
       for (int r = 0; r < kGroup; ++r) rows[r] = i + r < n ? b + idx[i + r] * nb + j0 : kZeroBytes;
       for (int64_t r = i + kGroup; r < std::min(n, i + 2 * kGroup); ++r)
-        for (int64_t c = 0; c < len; c += 64) Prefetch(b + idx[r] * nb + j0 + c);
+        for (int64_t k = 0; k < nc; ++k)
+          for (int64_t c = chunks[k]; c < chunks[k] + kChunk; c += 64)
+            Prefetch(b + idx[r] * nb + j0 + c);
       VecF acc[4] = {ZeroF(), ZeroF(), ZeroF(), ZeroF()};
-      for (int64_t c = 0; c < full; c += kChunk) {
+      for (int64_t k = 0; k < nc; ++k) {
+        const int64_t c = chunks[k];
         VecI z[kGroup];
         for (int r = 0; r < kGroup; ++r) z[r] = LoadI(rows[r] + c);
         Transpose(z);
