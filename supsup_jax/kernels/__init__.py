@@ -18,9 +18,12 @@ custom call built from ``kernels/bitops.cc`` in one of three variants (:data:`VA
 * ``"avx2"``: a byte indexes a 256-entry table of 8-lane masks, ``and`` + add per 8 weights;
 * ``"portable"``: plain C++ that the compiler vectorises for the baseline ISA (SSE2, NEON).
 
-At uniform alpha (One-Shot's superposition, every Binary round) :func:`bits_vecmat` counts set
-bits exactly in integers instead, bit-sliced over 16 rows at a time from enough rows (carry-save
-adders on the variant's widest vector, the same source for all three).
+From a few rows on, :func:`bits_matvec` looks up tables of partial sums of ``v`` instead (in
+registers, one permute for a group of 16 or 8 rows, on AVX-512 and AVX2; in memory, 256 sums per
+byte, on portable), never reading the bits where ``v`` is zero (One-Shot's inputs that ReLU
+zeroed). At uniform alpha (One-Shot's superposition, every Binary round) :func:`bits_vecmat`
+counts set bits exactly in integers, bit-sliced over 16 rows at a time from enough rows
+(carry-save adders on the variant's widest vector, the same source for all three).
 
 Each is compiled on first use with the system C++ compiler and the variant's own flags (never
 ``-march=native``, so a cached build is correct on any CPU that has the variant's ISA) into a
