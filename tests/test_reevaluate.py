@@ -76,6 +76,33 @@ def test_an_interrupted_reevaluation_resumes_from_its_rows(source, tmp_path, mon
         reevaluate(_config(objective="g"), src, tmp_path)
 
 
+def test_more_tasks_evaluate_only_the_new_rows(source, tmp_path, monkeypatch):
+    # A copy of the run taken after 3 of its 4 tasks, re-evaluated; then the run itself into
+    # the same workdir: rows 0-2 are the copy's, only row 3 is evaluated.
+    src, _ = source
+    partial = tmp_path / "partial"
+    shutil.copytree(src, partial)
+    shutil.rmtree(partial / "checkpoints" / "4")
+    reevaluate(_config(objective="h"), partial, tmp_path / "re")
+    evaluated, row = [], learners.SupSupLearner.row
+    monkeypatch.setattr(learners.SupSupLearner, "row",
+                        lambda self, state, t, *a, **k: evaluated.append(t) or row(
+                            self, state, t, *a, **k))
+    res = reevaluate(_config(objective="h"), src, tmp_path / "re")
+    assert evaluated == [3]
+    monkeypatch.undo()
+    _same(res, reevaluate(_config(objective="h"), src, tmp_path / "fresh"))
+    with pytest.raises(CheckpointError, match="another run or config"):  # rows past its 3
+        reevaluate(_config(objective="h"), partial, tmp_path / "re")
+    # Rows of other masks are refused (the file's digest edited, as another run's would be).
+    path = tmp_path / "re" / ROWS_FILE
+    saved = json.loads(path.read_text())
+    saved["fingerprint"]["bank"] = "0" * 64
+    path.write_text(json.dumps(saved))
+    with pytest.raises(CheckpointError, match="another run or config"):
+        reevaluate(_config(objective="h"), src, tmp_path / "re")
+
+
 def test_bad_requests_are_named(source, tmp_path):
     src, _ = source
     other = _config(objective="h")

@@ -13,19 +13,24 @@ version, which can flip a near-tie).
 ``config`` must be ``source``'s config up to :data:`EVALUATION_FIELDS` (e.g. a 2500-task run
 with One-Shot H re-evaluated with ``inference.objective="g"``). ``source`` is locked while it is
 read: a run still training there is an error. The rows finished at each evaluation point are
-kept in ``workdir/reevaluation.json``, so an interrupted re-evaluation resumes from the last
-one. ``workdir`` may not hold a training run.
+kept in ``workdir/reevaluation.json`` with the digest of the masks they used, so an interrupted
+re-evaluation resumes from the last one, and re-evaluating the same run after more tasks (or a
+copy of it taken mid-run, then the run itself) evaluates only the new rows. ``workdir`` may not
+hold a training run.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import pathlib
 import time
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from supsup_jax import distributed, plots, results
 from supsup_jax.checkpoint import CheckpointError, RunCheckpoints
@@ -51,16 +56,33 @@ def _as_source(stored: str, config) -> str:
     return json.dumps(old, sort_keys=True)
 
 
-def _saved_rows(workdir: str, fingerprint: dict) -> dict:
+def _bank_digest(bank, tasks: int) -> str:
+    """SHA-256 of the first ``tasks`` slots of ``bank`` (bits and BN statistics): what a row
+    ``t < tasks`` was evaluated with."""
+    h = hashlib.sha256()
+    for path in sorted(bank.bits):
+        h.update(path.encode())
+        h.update(np.asarray(bank.bits[path][:tasks]).tobytes())
+    for leaf in jax.tree.leaves(bank.batch_stats):
+        h.update(np.asarray(leaf[:tasks]).tobytes())
+    return h.hexdigest()
+
+
+def _saved_rows(workdir: str, config, bank, done: int) -> dict:
+    """The rows saved in ``workdir`` if they belong to ``config`` and to this run's first
+    ``done`` masks (the saved run may have had fewer tasks: its rows are rows of this one)."""
     path = os.path.join(workdir, ROWS_FILE)
     if not os.path.exists(path):
         return {}
     with open(path) as f:
         saved = json.load(f)
-    if saved.get("fingerprint") != fingerprint:
+    fp = saved.get("fingerprint", {})
+    tasks = fp.get("tasks")
+    if (fp.get("config") != record.comparable(config) or not isinstance(tasks, int)
+            or tasks > done or fp.get("bank") != _bank_digest(bank, tasks)):
         raise CheckpointError(
-            f"{path} holds a re-evaluation of another run or config ({saved.get('fingerprint')}"
-            f" vs {fingerprint}); use another workdir or delete that file")
+            f"{path} holds a re-evaluation of another run or config (its first {tasks} masks "
+            f"and config vs these {done}); use another workdir or delete that file")
     return record.unpack_rows(saved["rows"])
 
 
@@ -117,10 +139,11 @@ def reevaluate(config, source: str | os.PathLike, workdir: str | os.PathLike) ->
     if not any(p <= done for p in points):
         raise ConfigError(f"{source} finished {done} tasks, before the first evaluation point "
                           f"{min(points)} (config field eval_at)")
-    fingerprint = {"source": source, "tasks": done, "config": record.comparable(config)}
-    os.makedirs(workdir, exist_ok=True)
-    rows = _saved_rows(workdir, fingerprint)
     bank = state["bank"]
+    rows = _saved_rows(workdir, config, bank, done)
+    fingerprint = {"source": source, "tasks": done, "config": record.comparable(config),
+                   "bank": _bank_digest(bank, done)}
+    os.makedirs(workdir, exist_ok=True)
     test_set = build.test_sets(config, stream)
     t0 = time.perf_counter()
     for t in range(done):
