@@ -369,7 +369,9 @@ inline void ChunkSums(const __m256i* z, const VecF* t, VecF* acc) {
       }
 }
 typedef __m256i VecI;
-inline VecI LoadI(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+inline VecI LoadI(const uint8_t* p) {
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+}
 inline VecF ZeroF() { return _mm256_setzero_ps(); }
 inline void StoreF(float* p, VecF x) { _mm256_storeu_ps(p, x); }
 #endif
@@ -428,9 +430,11 @@ constexpr int64_t kTableRows = 8;
 constexpr int64_t kTableRows = 16;
 #endif
 
-int64_t TableRows() {
-  const char* env = std::getenv("SUPSUP_JAX_TABLE_ROWS");
-  return env ? std::atoll(env) : kTableRows;
+// A crossover in rows: the environment variable `name` if set (read per call, for measuring),
+// else the measured default.
+int64_t RowsFromEnv(const char* name, int64_t fallback) {
+  const char* env = std::getenv(name);
+  return env ? std::atoll(env) : fallback;
 }
 
 // Rows with active[i] == 0 are skipped and get 0 (Binary needs only its remaining candidates).
@@ -455,7 +459,7 @@ ffi::Error MatvecImpl(ffi::Buffer<ffi::U8> bits, ffi::Buffer<ffi::F32> v,
     if (active.typed_data()[i]) idx.push_back(i);
   }
   const int64_t n = static_cast<int64_t>(idx.size());
-  if (n >= TableRows()) {
+  if (n >= RowsFromEnv("SUPSUP_JAX_TABLE_ROWS", kTableRows)) {
 #if defined(SUPSUP_AVX512) || defined(SUPSUP_AVX2)
     constexpr int64_t unit = kPerm;
     auto table = MatvecPerm;
@@ -539,9 +543,9 @@ void AccumulateRows(const uint8_t* const* rows, const float* a, int64_t len, flo
 
 // Vecmat with one weight for every selected row (uniform alpha: One-Shot's superposition, each
 // Binary round): out[j] = alpha * (how many rows have bit j set), the count exact in integers
-// and one rounding per output (per 65528 rows) instead of one per row. Portable: a row-byte is one 8-lane add
-// of its entry in a table of bytes as 8 counts (4 KiB); AVX-512 and AVX2: 32 counters per
-// instruction (below).
+// and one rounding per output (per 65528 rows) instead of one per row. Counting directly:
+// portable adds a row-byte's entry in a table of bytes as 8 counts (4 KiB, one 8-lane add);
+// AVX-512 and AVX2 add 32 counters per instruction (below). Many rows: bit-sliced first.
 constexpr int64_t kCountCols = 512;  // bytes of a row per column block: 8 KiB of counters
 constexpr int64_t kMaxCount = 65528;  // rows counted (a multiple of 8) before a flush to floats
 
@@ -689,11 +693,6 @@ constexpr int64_t kSliceRows = 32;
 #endif
 alignas(64) const uint8_t kZeroRow[kCountCols] = {};  // pads a last group to 16 rows
 
-int64_t SliceRows() {
-  const char* env = std::getenv("SUPSUP_JAX_SLICE_ROWS");
-  return env ? std::atoll(env) : kSliceRows;
-}
-
 inline void Csa(Bits& h, Bits& l, Bits a, Bits b, Bits c) {
   const Bits u = a ^ b;
   h = (a & b) | (u & c);
@@ -737,15 +736,16 @@ void AddSixteen(const uint8_t* const* g, const uint8_t* const* next, int64_t len
   }
 }
 
+// `sliced`: whether these rows are many enough to add bit-sliced.
 void CountBlock(const uint8_t* b, int64_t nb, const int64_t* idx, int64_t n, float alpha,
-                int64_t j0, int64_t len, float* out) {
+                int64_t j0, int64_t len, bool sliced, float* out) {
   constexpr int R = 8;
   Counter counter;
   const uint8_t* rows[16];
   const uint8_t* next[16];
   // Bytes [0, sl) of the block are added bit-sliced, the rest (and every byte of few rows)
   // directly: the planes are whole vectors, and a row's bytes past the block are not ours.
-  const int64_t sl = n >= SliceRows() ? len / kVB * kVB : 0;
+  const int64_t sl = sliced ? len / kVB * kVB : 0;
   Bits planes[4][kCountCols / kVB];
   alignas(64) uint8_t carries[R][kCountCols];
   std::memset(out, 0, sizeof(float) * 8 * len);
@@ -820,10 +820,11 @@ ffi::Error VecmatImpl(ffi::Buffer<ffi::F32> alpha, ffi::Buffer<ffi::U8> bits,
   for (int64_t i = 1; i < n && equal; ++i) equal = a[idx[i]] == a[idx[0]];
   if (equal) {
     const int64_t blocks = (nb + kCountCols - 1) / kCountCols;
+    const bool sliced = n >= RowsFromEnv("SUPSUP_JAX_SLICE_ROWS", kSliceRows);
     ParallelFor(blocks, NumThreads(n * nb), [&](int64_t lo, int64_t hi) {
       for (int64_t c = lo; c < hi; ++c) {
         const int64_t j0 = kCountCols * c;
-        CountBlock(b, nb, idx.data(), n, a[idx[0]], j0, std::min(kCountCols, nb - j0),
+        CountBlock(b, nb, idx.data(), n, a[idx[0]], j0, std::min(kCountCols, nb - j0), sliced,
                    o + 8 * j0);
       }
     });
