@@ -92,14 +92,14 @@ def test_more_tasks_evaluate_only_the_new_rows(source, tmp_path, monkeypatch):
     assert evaluated == [3]
     monkeypatch.undo()
     _same(res, reevaluate(_config(objective="h"), src, tmp_path / "fresh"))
-    with pytest.raises(CheckpointError, match="another run or config"):  # rows past its 3
+    with pytest.raises(CheckpointError, match="4 tasks, more than the 3"):
         reevaluate(_config(objective="h"), partial, tmp_path / "re")
     # Rows of other masks are refused (the file's digest edited, as another run's would be).
     path = tmp_path / "re" / ROWS_FILE
     saved = json.loads(path.read_text())
     saved["fingerprint"]["bank"] = "0" * 64
     path.write_text(json.dumps(saved))
-    with pytest.raises(CheckpointError, match="another run or config"):
+    with pytest.raises(CheckpointError, match="other masks than this run's first 4"):
         reevaluate(_config(objective="h"), src, tmp_path / "re")
 
 

@@ -78,12 +78,16 @@ def _saved_rows(workdir: str, config, bank, done: int) -> dict:
         saved = json.load(f)
     fp = saved.get("fingerprint", {})
     tasks = fp.get("tasks")
-    if (fp.get("config") != record.comparable(config) or not isinstance(tasks, int)
-            or tasks > done or fp.get("bank") != _bank_digest(bank, tasks)):
-        raise CheckpointError(
-            f"{path} holds a re-evaluation of another run or config (its first {tasks} masks "
-            f"and config vs these {done}); use another workdir or delete that file")
-    return record.unpack_rows(saved["rows"])
+    if fp.get("config") != record.comparable(config):
+        why = "another config"
+    elif not isinstance(tasks, int) or tasks > done:
+        why = f"{tasks} tasks, more than the {done} this run has finished"
+    elif fp.get("bank") != _bank_digest(bank, tasks):
+        why = f"other masks than this run's first {tasks}"
+    else:
+        return record.unpack_rows(saved["rows"])
+    raise CheckpointError(f"{path} holds a re-evaluation of another run or config ({why}); use "
+                          "another workdir or delete that file")
 
 
 def _save_rows(workdir: str, fingerprint: dict, rows: dict) -> None:
