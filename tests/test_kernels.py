@@ -13,10 +13,13 @@ import pytest
 from supsup_jax import kernels
 
 # (k, nb): tails of every loop (nb = 1..7 mod 4, 8 and 16, odd row starts, one task), nb past
-# the matvec row block (4096 bytes), its table block (32) and the vecmat column block (1024), k
-# past the 96 rows from which the twin's matvec uses tables and the 16 and 512 from which
-# portable and AVX2 matvec do (k = 97, 257, 600 with tails of 1 and 88 rows), and banks of
-# > 2 MB so that both threads run. test_matvec_paths_agree forces each path at every k.
+# the matvec row block (4096 bytes), its table blocks (32 portable, 1024 AVX2 / AVX-512, with
+# tails shorter than a 32- or 64-byte chunk) and the vecmat column block (1024), k past the 96
+# rows from which the twin's matvec uses tables and the 8, 16 and 32 from which the AVX2,
+# portable and AVX-512 matvec do (k = 97, 257, 600 with tails of 1 and 88 rows, and groups of
+# 8 / 16 rows with a partial last one), and banks of > 2 MB so that both threads run.
+# test_matvec_paths_agree forces each path at every k; test_uniform_superposition_counts each
+# counting path.
 SHAPES = [(1, 1), (3, 5), (5, 6), (9, 7), (7, 33), (16, 4096 + 21), (40, 300), (97, 4096 + 3),
           (257, 70), (600, 4099), (300, 1024 + 9)]
 IMPLS = [*kernels.VARIANTS, "xla"]

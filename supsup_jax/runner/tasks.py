@@ -27,6 +27,7 @@ from supsup_jax.runner.progress import Progress, row_scalars
 
 __all__ = ["resume_point", "run_nns", "run_tasks"]
 
+
 def resume_point(config, ckpts, restore, extensible: bool = False
                  ) -> tuple[int, dict | None, Any]:
     """``(finished tasks, checkpoint meta, state)`` of the workdir's newest intact checkpoint
