@@ -15,6 +15,10 @@ shaded bands (figure):
 
     python -m experiments.compare --figure=permuted_fashion10 --seeds=3 --workdir=runs/seeds10
 
+A curve that differs from another only in its task inference is not trained again: it
+re-evaluates that run's masks (:data:`REEVALUATES`: ``supsup_gnu_g`` of the 250-task FC and the
+2500-task figures, at a fraction of the training time), so it runs after that method.
+
 Figures (SPEC 2.2):
 
 * ``permuted``: PermutedMNIST 250 tasks, FC 1024-1024: SupSup GNu (G and H) against BatchE GG
@@ -30,6 +34,9 @@ Figures (SPEC 2.2):
 * ``output_size_fashion_lenet`` / ``output_size_fashion_fc``: PermutedFashionMNIST GNu, One-Shot
   from one image, output s in {25, 100, 200, 500} with H and with G (paper Fig. 6), on 100
   (LeNet 300-100) or 25 (FC 1024-1024) tasks;
+* ``gnu_2500_fashion``: 2500 PermutedFashionMNIST tasks, LeNet 300-100, output 500: SupSup GNu
+  (One-Shot H and G) and NNs (budget 2500), each learned task evaluated on 1000 test images
+  (twin of paper Fig. 4);
 * ``splitcifar100``: GG SplitCIFAR100 (paper Fig. 2 right): SupSup, SupSup Transfer, BatchE,
   BatchE Rand W, separate heads, separate heads Rand W, upper bound, lower bound.
 """
@@ -50,11 +57,15 @@ from absl import app, flags, logging
 
 from supsup_jax import plots, results
 from supsup_jax.runner import train_and_evaluate
+from supsup_jax.runner.reevaluate import reevaluate
 
 _P = "experiments.configs.compare_permuted"
 _C = "experiments.configs.gg_splitcifar100"
 _TEN = {"num_tasks": 10, "eval_at": (1, 2, 4, 6, 8, 10)}
 _O = "experiments.configs.output_size"
+_G = "experiments.configs.gnu_2500"
+# 2500 tasks: every learned task on the first 1000 images of its test set (RESULTS.md).
+_SUBSET = {"max_eval_examples": 1000}
 
 
 def _output_sizes(model: str, tasks: dict) -> list[tuple[str, str, str, dict]]:
@@ -115,6 +126,11 @@ FIGURES: dict[str, list[tuple[str, str, str, dict]]] = {
         "", {"num_tasks": 100, "eval_at": (10, 25, 50, 75, 100)}),
     "output_size_fashion_fc": _output_sizes(
         ",fc", {"num_tasks": 25, "eval_at": (5, 10, 15, 20, 25)}),
+    "gnu_2500_fashion": [
+        ("supsup_gnu_h", _G, "fashion", _SUBSET),
+        ("supsup_gnu_g", _G, "g,fashion", _SUBSET),
+        ("nns", _G, "nns,fashion", _SUBSET),
+    ],
     "splitcifar100": [
         ("supsup", _C, "er4", {}),
         ("supsup_transfer", _C, "er4,transfer", {}),
@@ -127,6 +143,13 @@ FIGURES: dict[str, list[tuple[str, str, str, dict]]] = {
     ],
 }
 
+# figure -> {method: the method whose masks it re-evaluates}: a curve that differs from another
+# only in its task inference (the objective) evaluates that run's masks
+# (supsup_jax.runner.reevaluate) instead of training the same masks again.
+REEVALUATES: dict[str, dict[str, str]] = {
+    figure: {"supsup_gnu_g": "supsup_gnu_h"}
+    for figure in ("permuted", "permuted_fashion", "gnu_2500_fashion")}
+
 TITLES = {
     "permuted": "PermutedMNIST, 250 tasks, FC 1024-1024 (paper Fig. 3 right)",
     "permuted_fashion": "PermutedFashionMNIST, FC 1024-1024 (twin of paper Fig. 3 right)",
@@ -138,6 +161,7 @@ TITLES = {
     "rotated_fashion": "RotatedFashionMNIST, 36 tasks, FC 1024-1024 (twin of Fig. 5 left)",
     "output_size_fashion_lenet": "Output size s, PermutedFashionMNIST, LeNet 300-100 (Fig. 6 twin)",
     "output_size_fashion_fc": "Output size s, PermutedFashionMNIST, FC 1024-1024 (Fig. 6 twin)",
+    "gnu_2500_fashion": "2500 PermutedFashionMNIST tasks, LeNet 300-100 (twin of paper Fig. 4)",
     "splitcifar100": "SplitCIFAR100, GG (paper Fig. 2 right)",
 }
 
@@ -322,7 +346,9 @@ def run_figure(figure: str, workdir, *, only=None, tiny: bool = False,
     runs = {}
     dirs = lambda label: ([workdir / label] if seeds == 1  # noqa: E731
                           else [workdir / label / f"seed{k}" for k in range(seeds)])
-    for label, module, variants, overrides in specs:
+    sources = REEVALUATES.get(figure, {})
+    # A re-evaluating method after the run it re-evaluates (stable: the rest keep their order).
+    for label, module, variants, overrides in sorted(specs, key=lambda s: s[0] in sources):
         if replot or (only and label not in only):
             done = [d for d in dirs(label) if (d / results.RESULTS_FILE).exists()]
             if done and len(done) == len(dirs(label)):  # keep finished curves in the figure
@@ -335,9 +361,17 @@ def run_figure(figure: str, workdir, *, only=None, tiny: bool = False,
             if quiet:
                 config.quiet = True
             t0 = time.perf_counter()
-            runs[label].append(train_and_evaluate(config, sub))
+            if label in sources:
+                source = dirs(sources[label])[k]
+                if not (source / "checkpoints").is_dir():
+                    raise ValueError(f"{label} re-evaluates the masks of {sources[label]}, and "
+                                     f"{source} holds no run of it: run {sources[label]} first")
+                runs[label].append(reevaluate(config, source, sub))
+            else:
+                runs[label].append(train_and_evaluate(config, sub))
             if not quiet:
                 print(f"{label} {sub.name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    runs = {label: runs[label] for label in labels if label in runs}  # the figure's order
     plot_comparison(runs, workdir / "comparison.png",
                     TITLES.get(figure, figure) + (" (tiny)" if tiny else ""), ylim)
     text = table(runs)

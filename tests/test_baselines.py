@@ -499,3 +499,21 @@ def test_compare_over_seeds_reports_mean_and_deviation(tmp_path, fashion_mnist):
     assert os.path.getsize(tmp_path / "comparison.png") > 0
     with pytest.raises(ValueError, match="either seeds or a seed"):
         compare.run_figure("permuted_fashion10", tmp_path, seeds=2, extra={"seed": 1})
+
+
+def test_compare_reevaluates_the_g_curve_on_the_h_runs_masks(tmp_path, fashion_mnist):
+    extra = {"steps": 5, "max_eval_examples": 128, "tensorboard": False}
+    with pytest.raises(ValueError, match="run supsup_gnu_h first"):
+        compare.run_figure("gnu_2500_fashion", tmp_path, tiny=True, quiet=True,
+                           only=["supsup_gnu_g"], extra=extra)
+    runs = compare.run_figure("gnu_2500_fashion", tmp_path, tiny=True, quiet=True,
+                              only=["supsup_gnu_g", "supsup_gnu_h"], extra=extra)
+    assert list(runs) == ["supsup_gnu_h", "supsup_gnu_g"]  # the figure's order
+    h, g = runs["supsup_gnu_h"][0], runs["supsup_gnu_g"][0]
+    assert g["reevaluated_from"] == {"workdir": str(tmp_path / "supsup_gnu_h"),
+                                     "tasks": h["num_tasks"]}
+    assert not (tmp_path / "supsup_gnu_g" / "checkpoints").exists()  # nothing trained again
+    assert [r["config"]["inference"]["objective"] for r in (h, g)] == ["h", "g"]
+    # The same masks: given the task, every evaluated entry is the H run's.
+    assert g["accuracy_matrix"] == h["accuracy_matrix"]
+    assert g["config"]["max_eval_examples"] == h["config"]["max_eval_examples"] == 128
