@@ -21,6 +21,7 @@ from supsup_jax.baselines import core
 from supsup_jax.baselines import psp as psp_lib
 from supsup_jax.runner import train_and_evaluate
 from supsup_jax.runner.build import check_method
+from supsup_jax.runner.reevaluate import EVALUATION_FIELDS
 
 IN, HID, OUT = 12, 7, 5
 
@@ -499,6 +500,15 @@ def test_compare_over_seeds_reports_mean_and_deviation(tmp_path, fashion_mnist):
     assert os.path.getsize(tmp_path / "comparison.png") > 0
     with pytest.raises(ValueError, match="either seeds or a seed"):
         compare.run_figure("permuted_fashion10", tmp_path, seeds=2, extra={"seed": 1})
+
+
+def test_every_reevaluated_curve_differs_from_its_source_only_in_evaluation():
+    for figure, pairs in compare.REEVALUATES.items():
+        specs = {label: spec for label, *spec in compare.FIGURES[figure]}
+        for label, source in pairs.items():
+            a, b = (compare.method_config(*specs[x]).to_dict() for x in (label, source))
+            differ = {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+            assert differ and differ <= set(EVALUATION_FIELDS), (figure, label, differ)
 
 
 def test_compare_reevaluates_the_g_curve_on_the_h_runs_masks(tmp_path, fashion_mnist):
