@@ -148,7 +148,7 @@ FIGURES: dict[str, list[tuple[str, str, str, dict]]] = {
 }
 
 # figure -> {method: the method whose masks it re-evaluates}: a curve that differs from another
-# only in its task inference (the objective) evaluates that run's masks
+# only in its task inference (objective or rule) evaluates that run's masks
 # (supsup_jax.runner.reevaluate) instead of training the same masks again.
 REEVALUATES: dict[str, dict[str, str]] = {
     "permuted": {"supsup_gnu_g": "supsup_gnu_h"},
