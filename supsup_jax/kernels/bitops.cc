@@ -264,20 +264,21 @@ void MatvecTable(const uint8_t* b, int64_t nb, const float* v, const int64_t* id
   }
 }
 #else  // AVX-512 and AVX2
-// AVX-512 and AVX2 keep their tables in registers: the partial sums of a few bits of one byte
-// position are one vector, and one permute looks them up for a group of rows at once (lane r:
+// AVX-512 and AVX2 keep their tables in registers: the partial sums of a few bits of one field
+// of a dword are one vector, and one permute looks them up for a group of rows at once (lane r:
 // row r's bits). The group's bytes are transposed (a lane holds one row's dword), and a shift
 // selects each field (the permute reads an index's low bits). Per field: shift, permute, add.
 //   AVX-512: 16 rows, 4-bit fields (nibbles, 16 sums), 2 permutes per byte.
-//   AVX2:    8 rows, fields of bits 0-2, 3-5 and 6-7 (8 sums each), 3 permutes per byte.
+//   AVX2:    8 rows, ten 3-bit fields and one 2-bit field per dword (8 sums each), 11
+//            permutes per 4 bytes (12 with fields kept inside bytes: 2.5% slower, measured).
 // Columns are taken in blocks of kPerm bytes (rows read in runs that long: shorter runs were
 // bound by their scattered reads), all rows of the group per block.
-constexpr int64_t kPerm = 1024;  // bytes per block: its tables 128 / 96 KiB, in L2
+constexpr int64_t kPerm = 1024;  // bytes per block: its tables 128 / 88 KiB, in L2
 alignas(64) const uint8_t kZeroBytes[kPerm] = {};  // pads the last group of rows
 
 #if defined(SUPSUP_AVX512)
 typedef __m512 VecF;
-constexpr int kGroup = 16, kFields = 2;
+constexpr int kGroup = 16, kFields = 8;  // tables per dword
 constexpr int64_t kChunk = 64;  // bytes of each row per transpose
 
 inline void Transpose(__m512i* r) {  // 16 x 16 dwords
@@ -328,7 +329,7 @@ inline VecF ZeroF() { return _mm512_setzero_ps(); }
 inline void StoreF(float* p, VecF x) { _mm512_storeu_ps(p, x); }
 #else
 typedef __m256 VecF;
-constexpr int kGroup = 8, kFields = 3;
+constexpr int kGroup = 8, kFields = 11;
 constexpr int64_t kChunk = 32;
 
 inline void Transpose(__m256i* r) {  // 8 x 8 dwords
@@ -349,31 +350,26 @@ inline void Transpose(__m256i* r) {  // 8 x 8 dwords
   }
 }
 
-// t[3 j + f] lane l = the sum of v[8 j + 3 f + q] over the bits q set in l (f = 2: bits 0, 1
-// of l only, since the field's third index bit is the next byte's).
+// t[11 d + f] lane l = the sum of v[32 d + 3 f + q] over the bits q set in l: dword d's bits
+// as ten 3-bit fields and one of 2 (f = 10, bits 30-31), which may straddle its bytes.
 void BuildFieldTables(const float* v, int64_t len, VecF* t) {
   const __m256 zero = _mm256_setzero_ps();
-  for (int64_t j = 0; j < len; ++j) {
-    const float* x = v + 8 * j;
-    for (int f = 0; f < 3; ++f) {
+  for (int64_t d = 0; d < len / 4; ++d) {
+    const float* x = v + 32 * d;
+    for (int f = 0; f < 11; ++f) {
       __m256 s = _mm256_blend_ps(zero, _mm256_set1_ps(x[3 * f]), 0xAA);
       s = _mm256_add_ps(s, _mm256_blend_ps(zero, _mm256_set1_ps(x[3 * f + 1]), 0xCC));
-      if (f < 2) s = _mm256_add_ps(s, _mm256_blend_ps(zero, _mm256_set1_ps(x[3 * f + 2]), 0xF0));
-      else s = _mm256_permute2f128_ps(s, s, 0x00);  // lanes 4-7 = lanes 0-3
-      t[3 * j + f] = s;
+      if (f < 10) s = _mm256_add_ps(s, _mm256_blend_ps(zero, _mm256_set1_ps(x[3 * f + 2]), 0xF0));
+      t[11 * d + f] = s;
     }
   }
 }
 
 inline void ChunkSums(const __m256i* z, const VecF* t, VecF* acc) {
   for (int d = 0; d < 8; ++d)
-    for (int b = 0; b < 4; ++b)
-      for (int f = 0; f < 3; ++f) {
-        const int k = 3 * b + f;
-        acc[k & 3] = _mm256_add_ps(
-            acc[k & 3], _mm256_permutevar8x32_ps(t[3 * (4 * d + b) + f],
-                                                 _mm256_srli_epi32(z[d], 8 * b + 3 * f)));
-      }
+    for (int f = 0; f < 11; ++f)
+      acc[f & 3] = _mm256_add_ps(
+          acc[f & 3], _mm256_permutevar8x32_ps(t[11 * d + f], _mm256_srli_epi32(z[d], 3 * f)));
 }
 typedef __m256i VecI;
 inline VecI LoadI(const uint8_t* p) {
@@ -387,7 +383,7 @@ inline void StoreF(float* p, VecF x) { _mm256_storeu_ps(p, x); }
 void MatvecPerm(const uint8_t* b, int64_t nb, const float* v, const int64_t* idx, int64_t n,
                 int64_t c0, int64_t c1, float* part) {
   // Too big for a stack (96-128 KiB); aligned for the vector loads.
-  VecF* tables = static_cast<VecF*>(std::aligned_alloc(64, sizeof(VecF) * kFields * kPerm));
+  VecF* tables = static_cast<VecF*>(std::aligned_alloc(64, sizeof(VecF) * kFields * (kPerm / 4)));
   const uint8_t* rows[kGroup];
   int64_t chunks[kPerm / kChunk];
   for (int64_t j0 = c0; j0 < c1; j0 += kPerm) {
@@ -409,7 +405,7 @@ void MatvecPerm(const uint8_t* b, int64_t nb, const float* v, const int64_t* idx
         VecI z[kGroup];
         for (int r = 0; r < kGroup; ++r) z[r] = LoadI(rows[r] + c);
         Transpose(z);
-        ChunkSums(z, tables + kFields * c, acc);
+        ChunkSums(z, tables + kFields * (c / 4), acc);
       }
       alignas(64) float o[kGroup];
       StoreF(o, (acc[0] + acc[1]) + (acc[2] + acc[3]));
