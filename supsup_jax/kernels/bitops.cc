@@ -83,8 +83,8 @@ inline void Prefetch(const void* p) {
   __builtin_prefetch(p);
 #endif
 }
-// Into L2 only: MatvecPerm asks for a whole group of rows at once, and in L1 those requests
-// stalled the core (perf: a fifth of its time on the first prefetch of each burst).
+// Into L2 only: MatvecPerm asks for a whole group of rows at once, and into L1 those requests
+// hold the miss buffers that its table loads need (benchmarks/README.md).
 inline void PrefetchL2(const void* p) {
 #if defined(__GNUC__)
   __builtin_prefetch(p, 0, 2);
@@ -269,8 +269,8 @@ void MatvecTable(const uint8_t* b, int64_t nb, const float* v, const int64_t* id
 // row r's bits). The group's bytes are transposed (a lane holds one row's dword), and a shift
 // selects each field (the permute reads an index's low bits). Per field: shift, permute, add.
 //   AVX-512: 16 rows, 4-bit fields (nibbles, 16 sums), 2 permutes per byte.
-//   AVX2:    8 rows, ten 3-bit fields and one 2-bit field per dword (8 sums each), 11
-//            permutes per 4 bytes (12 with fields kept inside bytes: 2.5% slower, measured).
+//   AVX2:    8 rows, ten 3-bit fields and one 2-bit field per dword (8 sums each; fields
+//            may straddle bytes), 11 permutes per 4 bytes.
 // Columns are taken in blocks of kPerm bytes (rows read in runs that long: shorter runs were
 // bound by their scattered reads), all rows of the group per block.
 constexpr int64_t kPerm = 1024;  // bytes per block: its tables 128 / 88 KiB, in L2
@@ -329,7 +329,7 @@ inline VecF ZeroF() { return _mm512_setzero_ps(); }
 inline void StoreF(float* p, VecF x) { _mm512_storeu_ps(p, x); }
 #else
 typedef __m256 VecF;
-constexpr int kGroup = 8, kFields = 11;
+constexpr int kGroup = 8, kFields = 11;  // tables per dword
 constexpr int64_t kChunk = 32;
 
 inline void Transpose(__m256i* r) {  // 8 x 8 dwords
@@ -383,7 +383,8 @@ inline void StoreF(float* p, VecF x) { _mm256_storeu_ps(p, x); }
 void MatvecPerm(const uint8_t* b, int64_t nb, const float* v, const int64_t* idx, int64_t n,
                 int64_t c0, int64_t c1, float* part) {
   // Too big for a stack (96-128 KiB); aligned for the vector loads.
-  VecF* tables = static_cast<VecF*>(std::aligned_alloc(64, sizeof(VecF) * kFields * (kPerm / 4)));
+  VecF* tables =
+      static_cast<VecF*>(std::aligned_alloc(64, sizeof(VecF) * kFields * (kPerm / 4)));
   const uint8_t* rows[kGroup];
   int64_t chunks[kPerm / kChunk];
   for (int64_t j0 = c0; j0 < c1; j0 += kPerm) {
