@@ -171,6 +171,11 @@ def test_runner_nns_on_a_stream_unaligned_with_its_blocks(tmp_path, fashion_mnis
     trained = sum(sum(v.values()) for v in res["nns"]["slots"].values())
     assert trained <= c.num_tasks * c.steps and 0 < res["nns"]["purity"] <= 1
     assert res["masks_allocated"] >= 1
+    # The bank's bytes over the true tasks, not per mask: 1 bit per weight of each mask.
+    mask_bytes = sum(-(-w.size // 8) for w in masking.masked_leaves(
+        models.get_model(c.model, num_outputs=c.num_outputs).params).values())
+    assert res["bytes_per_task"] == pytest.approx(
+        mask_bytes * res["masks_allocated"] / c.num_tasks)
     m = np.array(res["inferred_accuracy_matrix"], dtype=float)
     last = c.num_tasks - 1
     assert np.all(np.isfinite(m[last, : last + 1]))

@@ -230,7 +230,9 @@ def _piece_ends(schedule, b: int) -> bool:
 
 
 def _nns_results(config, rows, wall, learned, usage, origin) -> dict:
-    return record.results_dict(config, rows, wall, bank_bytes(learned.bank), learned.num_masks,
+    # Per true task: NNs' masks are not tasks, so its bank's bytes are shared by every task seen.
+    per_task = bank_bytes(learned.bank) * learned.num_masks / max(len(wall), 1)
+    return record.results_dict(config, rows, wall, per_task, learned.num_masks,
                                **origin, nns={"boundaries": config.nns.boundaries,
                                     **nns_stream.slot_purity(usage)})
 
