@@ -56,10 +56,11 @@ def task_inference(config, stream, masked=None) -> scenarios.TaskInference:
                                    rerank=inf.rerank, layers=layers)
 
 
-def bank_bytes(bank) -> float:
-    """Bits of the learned tasks' masks (and their BN statistics) per task, not spare capacity."""
+def bank_bytes(bank, tasks: int | None = None) -> float:
+    """Bits of the learned slots' masks (and their BN statistics), not spare capacity, per task:
+    per learned slot, or shared by ``tasks`` true tasks (NNs, whose slots are not tasks)."""
     learned = max(int(bank.num_tasks), 1)
-    return bank.nbytes() * (learned / bank.capacity) / learned
+    return bank.nbytes() * (learned / bank.capacity) / max(learned if tasks is None else tasks, 1)
 
 
 def bank_gg(trainer: train_lib.Trainer, bank, tasks, test_set) -> list[float]:

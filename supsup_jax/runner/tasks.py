@@ -230,9 +230,8 @@ def _piece_ends(schedule, b: int) -> bool:
 
 
 def _nns_results(config, rows, wall, learned, usage, origin) -> dict:
-    # Per true task: NNs' masks are not tasks, so its bank's bytes are shared by every task seen.
-    per_task = bank_bytes(learned.bank) * learned.num_masks / max(len(wall), 1)
-    return record.results_dict(config, rows, wall, per_task, learned.num_masks,
+    return record.results_dict(config, rows, wall, bank_bytes(learned.bank, len(wall)),
+                               learned.num_masks,
                                **origin, nns={"boundaries": config.nns.boundaries,
                                     **nns_stream.slot_purity(usage)})
 
